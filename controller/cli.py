@@ -1,0 +1,57 @@
+"""The `mwc` command line: one entry point, sub-commands registered by each room.
+
+Each room adds its sub-commands through a ``register(subparsers)`` function listed in
+``_ROOMS``; a room that is not importable (an optional dependency missing) is skipped, so
+`mwc --help` always works.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+from controller import logs
+
+# Modules that expose register(subparsers: argparse._SubParsersAction) -> None.
+_ROOMS: tuple[str, ...] = (
+    "controller.cli_station",
+    "sim.cli",
+    "ocpp_server.cli",
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mwc", description="mwcharge station controller")
+    parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING, ERROR")
+    parser.add_argument(
+        "--log-format", default="auto", choices=["auto", "json", "console"],
+        help="log line format (auto: console on a terminal, JSON otherwise)",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in _ROOMS:
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as exc:
+            if exc.name is not None and name.startswith(exc.name):
+                continue  # room not built yet
+            raise
+        module.register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logs.configure(level=args.log_level, fmt=args.log_format, stream=sys.stderr)
+    handler = getattr(args, "handler", None)
+    if handler is None:
+        parser.print_help()
+        return 2
+    result = handler(args)
+    return int(result or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
