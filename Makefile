@@ -18,10 +18,15 @@ $(STAMP): $(BIN)/python pyproject.toml
 install: $(STAMP) system-deps
 
 # Debian packages the tests and the demo use; installed only where missing (CI runs as root).
+# mosquitto: the tests' own brokers; mbpoll: a standard Modbus master reading the simulators.
 system-deps:
-	@command -v mosquitto >/dev/null 2>&1 || { \
-	  echo "installing mosquitto (apt-get)"; \
-	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mosquitto >/dev/null; }
+	@missing=""; \
+	command -v mosquitto >/dev/null 2>&1 || missing="$$missing mosquitto"; \
+	command -v mbpoll >/dev/null 2>&1 || missing="$$missing mbpoll"; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing$$missing (apt-get)"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	fi
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

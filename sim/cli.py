@@ -1,0 +1,144 @@
+"""``mwc sim …``: the simulator sub-command group.
+
+``register(sub)`` adds the ``sim`` group; its own sub-commands are ``modules`` (serve the
+power stage over Modbus TCP until stopped) and ``fault`` (inject a fault into a running
+simulator through its control device). Other simulators add their sub-commands to the same
+group through ``sim_subparsers``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import signal
+import sys
+from typing import Any
+
+from power.modbus_map import SIM_TARGET_ALL, SimCommand
+
+_GROUP: dict[str, Any] = {}
+
+
+def sim_subparsers() -> Any:
+    """The ``sim`` group's subparsers action (after ``register``), for other simulators."""
+    return _GROUP["sub"]
+
+
+def register(sub: Any) -> None:
+    """Add ``mwc sim`` with its sub-commands to the top-level subparsers ``sub``."""
+    group = sub.add_parser("sim", help="simulated hardware (Modbus TCP servers with physics)")
+    group_sub = group.add_subparsers(dest="sim_command", metavar="SIM_COMMAND")
+    group.set_defaults(handler=lambda _args: (group.print_help(), 2)[1])
+    _GROUP["sub"] = group_sub
+
+    p = group_sub.add_parser(
+        "modules", help="serve power modules, the contactor matrix and the DC meters",
+        description="Port layout: module i on PORT+i (unit 1), matrix on PORT+COUNT (unit 1), "
+        "meters on PORT+COUNT+1 (unit g+1), fault control on PORT+COUNT+2. "
+        "Prints the layout as one JSON line on stdout, then serves until stopped.",
+    )
+    p.add_argument("--count", type=int, default=48, help="number of power modules")
+    p.add_argument("--guns", type=int, default=2, help="number of guns (one meter each)")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=15020, help="base port (0: any free ports)")
+    p.add_argument("--gateway-port", type=int, default=None,
+                   help="also serve every device on this port by unit id")
+    p.add_argument("--speed", type=float, default=1.0, help="simulated seconds per second")
+    p.add_argument("--tick-ms", type=float, default=5.0, help="physics step period")
+    p.add_argument("--load-voltage", type=float, default=600.0,
+                   help="battery stand-in voltage at each gun (V)")
+    p.add_argument("--chiller", type=float, default=25.0, help="coolant supply temperature °C")
+    p.add_argument("--watchdog-ms", type=int, default=1000, help="module watchdog default")
+    p.set_defaults(handler=_run_modules)
+
+    f = group_sub.add_parser("fault", help="inject or clear a fault in a running simulator")
+    f.add_argument("kind", choices=[c.name.lower().replace("_", "-") for c in SimCommand])
+    f.add_argument("--target", type=int, default=SIM_TARGET_ALL,
+                   help="module, gun, or coil index m*G+g (default: all)")
+    f.add_argument("--value", type=int, default=0, help="fault code, volts or °C")
+    f.add_argument("--host", default="127.0.0.1")
+    f.add_argument("--port", type=int, required=True,
+                   help="the simulator's control port (PORT+COUNT+2)")
+    f.set_defaults(handler=_run_fault)
+
+
+async def _serve(args: argparse.Namespace) -> int:
+    from controller import logs
+    from sim.modbus_server import StationSimulator
+    from sim.modules import ModuleParams
+    from sim.physics import ConstantVoltageLoad, StationPhysics
+
+    log = logs.get_logger("sim.modules")
+    physics = StationPhysics(
+        args.count, args.guns, ModuleParams(watchdog_ms=args.watchdog_ms),
+        loads=[ConstantVoltageLoad(args.load_voltage) for _ in range(args.guns)],
+        chiller_c=args.chiller,
+    )
+    sim = StationSimulator(physics, host=args.host, base_port=args.port,
+                           gateway_port=args.gateway_port, speed=args.speed,
+                           tick_s=args.tick_ms / 1000.0)
+    await sim.start()
+    layout = sim.describe()
+    print(json.dumps(layout), flush=True)
+    log.info("simulator serving", **layout)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError):
+            loop.add_signal_handler(sig, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        await sim.stop()
+        log.info("simulator stopped")
+    return 0
+
+
+def _run_modules(args: argparse.Namespace) -> int:
+    if args.count < 1 or args.guns < 1:
+        print("--count and --guns must be at least 1", file=sys.stderr)
+        return 2
+    return asyncio.run(_serve(args))
+
+
+async def send_command(host: str, port: int, command: SimCommand, target: int, value: int) -> str:
+    """Write one command to a simulator's control device; returns "ok" or the error."""
+    from pymodbus.client import AsyncModbusTcpClient
+
+    client = AsyncModbusTcpClient(host, port=port, timeout=2, retries=0, reconnect_delay=0)
+    try:
+        if not await client.connect():
+            return f"cannot connect to {host}:{port}"
+        reply = await client.write_registers(0, [int(command), target & 0xFFFF, value & 0xFFFF],
+                                             device_id=1)
+        if reply.isError():
+            return f"refused (Modbus exception {reply.exception_code})"
+        return "ok"
+    finally:
+        client.close()
+
+
+def _run_fault(args: argparse.Namespace) -> int:
+    command = SimCommand[args.kind.upper().replace("-", "_")]
+    result = asyncio.run(send_command(args.host, args.port, command, args.target, args.value))
+    print(result)
+    return 0 if result == "ok" else 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m sim.cli modules …``: the sim group without the other rooms' imports."""
+    from controller import logs
+
+    parser = argparse.ArgumentParser(prog="python -m sim.cli")
+    parser.add_argument("--log-level", default="INFO")
+    register(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["--log-level", "INFO", "sim", *(sys.argv[1:] if argv is None
+                                                           else argv)])
+    logs.configure(level=args.log_level, stream=sys.stderr)
+    return int(args.handler(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
