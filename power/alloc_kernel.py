@@ -185,6 +185,27 @@ def _waterfill(lim, weight, volt, smax):  # type: ignore[no-untyped-def]
 
 
 @njit(cache=True)
+def _values_differ(dem, volt, cap, reach, usable):  # type: ignore[no-untyped-def]
+    """True if some module gives more power on one demanding gun than on another.
+
+    Otherwise every split of the pool delivers the same power and pass 2 has nothing to gain.
+    """
+    for m in range(cap.shape[0]):
+        if not usable[m]:
+            continue
+        lo = np.inf
+        hi = 0.0
+        for g in range(dem.shape[0]):
+            if reach[m, g] and dem[g] > 0.0 and volt[g] > 0.0:
+                v = cap[m, g] * volt[g]
+                lo = min(lo, v)
+                hi = max(hi, v)
+        if hi > lo * (1.0 + 1e-6) + 1e-9:
+            return True
+    return False
+
+
+@njit(cache=True)
 def _spread(total, caps, out):  # type: ignore[no-untyped-def]
     """Even split of ``total`` over modules with capacities ``caps`` (water-filling)."""
     k = caps.shape[0]
@@ -251,22 +272,22 @@ def allocate_kernel(  # type: ignore[no-untyped-def]
         if h >= 0 and dem[h] > 0.0 and reach[m, h]:
             home[m] = h
     # One pass over (module, gun): what each module can give on each gun (divisions are
-    # slow: multiply by 1/V), each gun's mean module current and the size of the pool for
-    # the fair targets, and whether any module gives more power on one gun than on another
-    # (otherwise every split delivers the same power and pass 2 has nothing to gain).
+    # slow: multiply by 1/V), and each gun's mean module current and the size of the pool
+    # for the fair targets (accumulated without branches: reach is unpredictable).
     cap = np.empty((m_n, g_n))
     inv_v = np.zeros(g_n)
+    dpos = np.zeros(g_n)
     for g in range(g_n):
         if volt[g] > 0.0:
             inv_v[g] = (1.0 - _MARGIN) / volt[g]
+        if dem[g] > 0.0:
+            dpos[g] = 1.0
     csum = np.zeros(g_n)
     ccnt = np.zeros(g_n)
     n_pool = 0.0
-    differ = False
     for m in range(m_n):
-        any_g = False
-        lo = np.inf
-        hi = 0.0
+        um = 1.0 if usable[m] else 0.0
+        reached = 0.0
         for g in range(g_n):
             c = mmax_a[m]
             if inv_v[g] > 0.0:
@@ -274,18 +295,12 @@ def allocate_kernel(  # type: ignore[no-untyped-def]
                 if by_power < c:
                     c = by_power
             cap[m, g] = c
-            if usable[m] and reach[m, g] and dem[g] > 0.0:
-                csum[g] += c
-                ccnt[g] += 1.0
-                any_g = True
-                if volt[g] > 0.0:
-                    v = c * volt[g]
-                    lo = min(lo, v)
-                    hi = max(hi, v)
-        if any_g:
+            r = um * dpos[g] * (1.0 if reach[m, g] else 0.0)
+            csum[g] += c * r
+            ccnt[g] += r
+            reached += r
+        if reached > 0.0:
             n_pool += 1.0
-            if hi > lo * (1.0 + 1e-6) + 1e-9:
-                differ = True
     # Strongest modules first (fewer modules for the same current); numba's argsort is slow,
     # and a uniform pool (the usual case) needs no sorting.
     uniform = True
@@ -336,7 +351,7 @@ def allocate_kernel(  # type: ignore[no-untyped-def]
                 frozen[g] = True
     budget = smax * (1.0 - _MARGIN)
     fair_power = _achieved(alloc, dem, volt)
-    if fair_power < budget * (1.0 - 1e-9) and differ:
+    if fair_power < budget * (1.0 - 1e-9) and _values_differ(dem, volt, cap, reach, usable):
         # The pool, not the station cap, limits the power, and modules are worth more on some
         # guns than on others: take the max-power assignment when it really delivers more.
         assign2 = np.full(m_n, -1, dtype=np.int64)
