@@ -1,0 +1,274 @@
+"""Station configuration: one typed model, loaded from TOML with environment overrides.
+
+Every key is documented in ``deploy/mwc.example.toml``. A wrong or missing key stops start-up
+with a :class:`ConfigError` whose message names the key, the value and what is expected — the
+CLI prints it and exits, never a traceback.
+
+Environment overrides: ``MWC__<SECTION>__<KEY>=value`` (double underscores separate the path;
+list items by index, e.g. ``MWC__GUNS__1__CABLE_RATING_A=1000``). The value is read as a TOML
+value when it parses as one (numbers, booleans, arrays), else as a string.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from power.modbus_base import DeviceEndpoint, LinkSettings
+from power.modbus_driver import HardwareConfig
+
+ENV_PREFIX = "MWC__"
+
+
+class ConfigError(Exception):
+    """A configuration mistake, with a message fit for the operator."""
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Address(_Model):
+    """Where one Modbus device answers."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(ge=1, le=65535)
+    unit: int = Field(default=1, ge=0, le=255)
+
+    def endpoint(self) -> DeviceEndpoint:
+        return DeviceEndpoint(self.host, self.port, self.unit)
+
+
+class GunConfig(_Model):
+    """One gun: its cable, its voltage range, its connector and its meter."""
+
+    cable_rating_a: float = Field(gt=0, le=4000)
+    max_voltage_v: float = Field(gt=0, le=1500)
+    connector: Literal["MCS", "CCS"] = "MCS"
+    meter: Address | None = None  # default: from [hardware]
+
+
+class ModulesConfig(_Model):
+    """The pool of DC power modules."""
+
+    count: int = Field(ge=1, le=512)
+    rated_power_w: float = Field(default=40_000.0, gt=0)
+    rated_current_a: float = Field(default=100.0, gt=0)
+    addresses: list[Address] | None = None  # default: from [hardware]
+
+    @model_validator(mode="after")
+    def _count_matches(self) -> ModulesConfig:
+        if self.addresses is not None and len(self.addresses) != self.count:
+            raise ValueError(f"addresses lists {len(self.addresses)} modules but count is "
+                             f"{self.count}: expected one address per module")
+        return self
+
+
+class MatrixConfig(_Model):
+    """The contactor matrix; ``reach[m]`` lists the guns module m can be switched to."""
+
+    address: Address | None = None  # default: from [hardware]
+    reach: list[list[int]] | None = None  # default: every module reaches every gun
+
+
+class HardwareLayout(_Model):
+    """How device addresses are derived when not listed one by one."""
+
+    layout: Literal["port_per_device", "gateway"] = "port_per_device"
+    host: str = "127.0.0.1"
+    port: int = Field(default=15020, ge=1, le=65535)
+    timeout_ms: float = Field(default=60.0, gt=0)
+    poll_budget_ms: float = Field(default=80.0, gt=0)
+    max_missed: int = Field(default=2, ge=1)
+    heartbeat_stale_polls: int = Field(default=0, ge=0)
+
+
+class StationSection(_Model):
+    """Station-wide settings and control-cycle tuning."""
+
+    id: str = Field(min_length=1)
+    max_kw: float = Field(gt=0)
+    fallback_grid_kw: float = Field(ge=0)
+    cycle_ms: float = Field(default=100.0, ge=10, le=1000)
+    ramp_a_per_s: float = Field(default=1000.0, gt=0)
+    switch_threshold_a: float = Field(default=5.0, gt=0, le=20)
+    watchdog_ms: int = Field(default=500, ge=0, le=65535)
+    free_charging: bool = True
+    cable_check_s: float = Field(default=0.5, ge=0)
+    precharge_tolerance_v: float = Field(default=20.0, gt=0)
+    precharge_current_a: float = Field(default=2.0, gt=0, le=2)
+    precharge_timeout_s: float = Field(default=10.0, gt=0)
+    finishing_timeout_s: float = Field(default=5.0, gt=0)
+    vehicle_timeout_s: float = Field(default=1.0, gt=0)
+    suspend_after_s: float = Field(default=1.0, ge=0)
+    violation_fault_cycles: int = Field(default=3, ge=1)
+
+
+class StationConfig(_Model):
+    """The whole configuration file."""
+
+    station: StationSection
+    guns: list[GunConfig] = Field(min_length=1, max_length=6)
+    modules: ModulesConfig
+    matrix: MatrixConfig = MatrixConfig()
+    hardware: HardwareLayout = HardwareLayout()
+
+    @model_validator(mode="after")
+    def _reach_fits(self) -> StationConfig:
+        reach = self.matrix.reach
+        if reach is None:
+            return self
+        if len(reach) != self.modules.count:
+            raise ValueError(f"matrix.reach has {len(reach)} rows for {self.modules.count} "
+                             "modules: expected one list of guns per module")
+        for m, guns in enumerate(reach):
+            bad = [g for g in guns if not 0 <= g < len(self.guns)]
+            if bad:
+                raise ValueError(f"matrix.reach[{m}] = {guns}: gun indices must be in "
+                                 f"0..{len(self.guns) - 1}")
+        return self
+
+    # ------------------------------------------------------------------ derived
+    @property
+    def cycle_s(self) -> float:
+        return self.station.cycle_ms / 1000.0
+
+    def reach_matrix(self) -> list[list[bool]]:
+        """(M, G) booleans: where the matrix can connect module m to gun g."""
+        g_n = len(self.guns)
+        if self.matrix.reach is None:
+            return [[True] * g_n for _ in range(self.modules.count)]
+        return [[g in row for g in range(g_n)] for row in self.matrix.reach]
+
+    def link_settings(self) -> LinkSettings:
+        h = self.hardware
+        return LinkSettings(timeout_s=h.timeout_ms / 1000.0,
+                            poll_budget_s=h.poll_budget_ms / 1000.0, max_missed=h.max_missed,
+                            heartbeat_stale_polls=h.heartbeat_stale_polls)
+
+    def hardware_config(self) -> HardwareConfig:
+        """Driver configuration: explicit addresses where given, else the [hardware] layout."""
+        h, m_n, g_n = self.hardware, self.modules.count, len(self.guns)
+        link = self.link_settings()
+        if h.layout == "gateway":
+            base = HardwareConfig.gateway(h.host, h.port, m_n, g_n, link)
+        else:
+            base = HardwareConfig.port_per_device(h.host, h.port, m_n, g_n, link)
+        modules = (tuple(a.endpoint() for a in self.modules.addresses)
+                   if self.modules.addresses is not None else base.modules)
+        matrix = self.matrix.address.endpoint() if self.matrix.address else base.matrix
+        meters = tuple(g.meter.endpoint() if g.meter else base.meters[i]
+                       for i, g in enumerate(self.guns))
+        return HardwareConfig(modules, matrix, meters, link)
+
+
+# ---------------------------------------------------------------------------- loading
+def _env_value(raw: str) -> Any:
+    try:
+        return tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        return raw
+
+
+def apply_env(data: dict[str, Any], env: Mapping[str, str]) -> dict[str, Any]:
+    """Overlay ``MWC__A__B=value`` variables onto the parsed TOML (a new dict)."""
+    out: dict[str, Any] = _deep_copy(data)
+    for name, raw in sorted(env.items()):
+        if not name.startswith(ENV_PREFIX):
+            continue
+        path = [p.lower() for p in name[len(ENV_PREFIX):].split("__") if p]
+        if not path:
+            continue
+        node: Any = out
+        for i, key in enumerate(path[:-1]):
+            node = _child(node, key, name, path[i + 1])
+        _assign(node, path[-1], _env_value(raw), name)
+    return out
+
+
+def _deep_copy(x: Any) -> Any:
+    if isinstance(x, dict):
+        return {k: _deep_copy(v) for k, v in x.items()}
+    if isinstance(x, list):
+        return [_deep_copy(v) for v in x]
+    return x
+
+
+def _child(node: Any, key: str, var: str, next_key: str) -> Any:
+    if isinstance(node, list):
+        if not key.isdigit() or int(key) >= len(node):
+            raise ConfigError(f"{var}: list index {key!r} does not exist in the file")
+        return node[int(key)]
+    if not isinstance(node, dict):
+        raise ConfigError(f"{var}: {key!r} is not a section")
+    if key not in node:
+        node[key] = [] if next_key.isdigit() else {}
+    return node[key]
+
+
+def _assign(node: Any, key: str, value: Any, var: str) -> None:
+    if isinstance(node, list):
+        if not key.isdigit() or int(key) >= len(node):
+            raise ConfigError(f"{var}: list index {key!r} does not exist in the file")
+        node[int(key)] = value
+    elif isinstance(node, dict):
+        node[key] = value
+    else:
+        raise ConfigError(f"{var}: cannot set {key!r} inside a plain value")
+
+
+def _loc(parts: tuple[int | str, ...]) -> str:
+    out = ""
+    for p in parts:
+        out += f"[{p}]" if isinstance(p, int) else (f".{p}" if out else str(p))
+    return out or "(top level)"
+
+
+def _format_errors(exc: ValidationError) -> str:
+    lines = []
+    for err in exc.errors():
+        loc = _loc(tuple(err["loc"]))
+        if err["type"] == "missing":
+            lines.append(f"{loc}: missing; expected a value for {err['loc'][-1]!r} "
+                         "(see deploy/mwc.example.toml)")
+        elif err["type"] == "extra_forbidden":
+            lines.append(f"{loc}: unknown key (value {err.get('input')!r}); check the spelling "
+                         "against deploy/mwc.example.toml")
+        else:
+            msg = str(err["msg"]).removeprefix("Value error, ")
+            msg = msg.removeprefix("Input should be ")
+            if msg.startswith(("greater", "less")):
+                msg = f"a value {msg}"
+            if isinstance(err.get("input"), dict):  # a whole section: the message names the key
+                lines.append(f"{loc}: {msg}")
+            else:
+                lines.append(f"{loc} = {err.get('input')!r}: expected {msg}")
+    return "invalid configuration:\n  " + "\n  ".join(lines)
+
+
+def parse_config(data: Mapping[str, Any], env: Mapping[str, str] | None = None) -> StationConfig:
+    """Validate parsed TOML (plus ``env`` overrides) into a :class:`StationConfig`."""
+    merged = apply_env(dict(data), env or {})
+    try:
+        return StationConfig.model_validate(merged)
+    except ValidationError as exc:
+        raise ConfigError(_format_errors(exc)) from None
+
+
+def load_config(path: str | Path, env: Mapping[str, str] | None = None) -> StationConfig:
+    """Read ``path`` (TOML) with ``os.environ`` overrides (or ``env``); ConfigError on mistakes."""
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"cannot read configuration file {str(p)!r}: {exc.strerror}") from None
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{p}: not valid TOML: {exc}") from None
+    return parse_config(data, os.environ if env is None else env)
