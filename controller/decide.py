@@ -69,8 +69,7 @@ VOLTAGE_STEP_V = 10.0
 
 def _quantize(v: float) -> float:
     """Gun voltage for the allocator, rounded *up* to 10 V: conservative for the power limits,
-    and two guns a few volts apart do not make the allocator's whole-module assignment flip
-    on a near-tie of their fair shares (it would give 5 modules to one and 3 to the other)."""
+    since the battery voltage rises with the current (I x R) between two cycles."""
     return math.ceil(v / VOLTAGE_STEP_V) * VOLTAGE_STEP_V if v > 0 else 0.0
 
 

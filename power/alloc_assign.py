@@ -112,10 +112,60 @@ def _assign_fair(  # type: ignore[no-untyped-def]
             continue
         assign[pick] = g
         alloc[g] += cap[pick, g]
+    short = False
+    for g in range(g_n):
+        if _wants(alloc, tgt, volt, g):
+            short = True
+    if short:
+        _balance(tgt, weight, volt, cap, mgun, reach, locked, assign, alloc)
     for g in range(g_n):
         if _wants(alloc, tgt, volt, g):
             return False
     return True
+
+
+@njit(cache=True)
+def _balance(tgt, weight, volt, cap, mgun, reach, locked, assign, alloc):  # type: ignore[no-untyped-def]
+    """Even out a short pool: move a module from a richer gun to the poorest hungry one.
+
+    Whole modules make targets lumpy: with two trucks at 790 V and 788 V, the first keeps a
+    fifth module for a target a fraction of an ampere above four, and the second gets three.
+    A module moves while the giver stays better served (alloc / weight) than the taker was
+    before the move, so the smallest share grows at every step and the loop ends; idle
+    modules move first (a loaded one is drained, then moved).
+    """
+    g_n = tgt.shape[0]
+    m_n = cap.shape[0]
+    for _step in range(m_n):
+        b = -1
+        kb = np.inf
+        for g in range(g_n):
+            if volt[g] > 0.0 and _wants(alloc, tgt, volt, g) and alloc[g] / weight[g] < kb:
+                kb = alloc[g] / weight[g]
+                b = g
+        if b < 0:
+            return
+        best = -1
+        best_key = -np.inf
+        for m in range(m_n):
+            a = assign[m]
+            if a < 0 or a == b or volt[a] <= 0.0 or not reach[m, b]:
+                continue
+            if locked[m] and mgun[m] == b:
+                continue
+            after_a = (alloc[a] - cap[m, a]) / weight[a]
+            if not _below(kb, after_a):
+                continue  # the giver would fall to the taker's level or below: no gain
+            key = after_a - (1e12 if locked[m] else 0.0)
+            if key > best_key:
+                best_key = key
+                best = m
+        if best < 0:
+            return
+        a = assign[best]
+        alloc[a] -= cap[best, a]
+        alloc[b] += cap[best, b]
+        assign[best] = b
 
 
 @njit(cache=True)

@@ -393,3 +393,26 @@ def test_reference_run_really_is_interpreted() -> None:
         [sys.executable, "-c", code], check=True, cwd=ROOT, env=env, capture_output=True, text=True
     )
     assert json.loads(out.stdout) is False
+
+
+def test_near_equal_voltages_still_share_a_short_pool_evenly() -> None:
+    # 790 V and 788 V: the fair target of the first lies a fraction of an ampere above four
+    # modules; it must not keep a fifth while the second gets three.
+    m = 8
+    inp = two_guns(
+        gun_request_a=np.array([1500.0, 1500.0]),
+        gun_voltage_v=np.array([790.0, 788.0]),
+        module_max_a=np.full(m, 100.0),
+        module_max_w=np.full(m, 40e3),
+        module_gun=np.zeros(m, dtype=np.int64),
+        module_current_a=np.full(m, 50.0),
+        reach=np.ones((m, 2), dtype=bool),
+    )
+    out = allocate(**inp)
+    check_invariants(inp, out)
+    drained = out.module_setpoint_a == 0.0
+    assert drained.sum() == 4
+    nxt = dict(inp, module_current_a=np.where(drained, 0.0, 50.0))
+    out2 = allocate(**nxt)
+    check_invariants(nxt, out2)
+    assert list(np.bincount(out2.module_gun, minlength=2)) == [4, 4]
