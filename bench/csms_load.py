@@ -1,0 +1,331 @@
+"""Load test of the OCPP backend: N simulated 2.0.1 stations on loopback.
+
+The backend runs as its own process (``python -m ocpp_server serve``); the stations are spread
+over several load-generator processes, each holding hundreds of websocket connections and
+speaking raw OCPP-J (cheaper than the ``ocpp`` package, so more CPU is left to the backend).
+Every station authenticates with HTTP Basic, boots, then on a compressed schedule sends
+Heartbeat and TransactionEvent(Updated) with meter values. Round trips are timed per CALL
+during the steady phase only. The load generator shares the machine with the backend.
+
+    python bench/csms_load.py --stations 2000 --procs 4 --duration 60
+
+The last line is JSON: {"stations", "msgs_per_s", "rtt_ms_p99", "rss_mb", ...}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import contextlib
+import json
+import multiprocessing as mp
+import os
+import random
+import resource
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+PASSWORD = "bench-password-0001"
+
+
+def _raise_fd_limit() -> None:
+    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+# --- load generator (child process) -------------------------------------------------------
+class _Station:
+    """One raw OCPP-J 2.0.1 client: sequential CALLs, as a real station does."""
+
+    def __init__(self, ws: Any, sid: str) -> None:
+        self.ws, self.sid, self.n = ws, sid, 0
+
+    async def call(self, action: str, payload: dict[str, Any]) -> tuple[float, Any]:
+        self.n += 1
+        mid = f"{self.sid}-{self.n}"
+        t0 = time.perf_counter()
+        await self.ws.send(json.dumps([2, mid, action, payload], separators=(",", ":")))
+        reply = json.loads(await self.ws.recv())
+        rtt = (time.perf_counter() - t0) * 1000.0
+        if reply[0] != 3 or reply[1] != mid:
+            raise RuntimeError(f"{action}: unexpected reply {str(reply)[:200]}")
+        return rtt, reply[2]
+
+
+async def _station_life(url: str, sid: str, args: dict[str, Any], ready: asyncio.Event,
+                        start_at: list[float], stats: dict[str, Any],
+                        gate: asyncio.Semaphore) -> None:
+    import websockets
+
+    auth = base64.b64encode(f"{sid}:{PASSWORD}".encode()).decode()
+    try:
+        async with gate:
+            ws = await websockets.connect(
+                f"{url}/ocpp/{sid}", subprotocols=["ocpp2.0.1"],  # type: ignore[list-item]
+                additional_headers={"Authorization": f"Basic {auth}"},
+                compression=None, ping_interval=None, open_timeout=120, max_queue=4)
+        st = _Station(ws, sid)
+        _, boot = await st.call("BootNotification", {
+            "reason": "PowerUp", "chargingStation": {"model": "MCS", "vendorName": "bench"}})
+        if boot["status"] != "Accepted":
+            raise RuntimeError(f"boot {boot['status']}")
+        stats["connected"] += 1
+    except Exception as exc:
+        stats["connect_errors"] += 1
+        stats["last_error"] = repr(exc)[:200]
+        return
+    await ready.wait()
+    rtts: list[float] = stats["rtts"]
+    hb_rtts: list[float] = stats["hb_rtts"]
+    hb, tx = args["heartbeat_s"], args["tx_s"]
+    t_end = start_at[0] + args["duration"]
+    next_hb = start_at[0] + random.uniform(0, hb)
+    next_tx = start_at[0] + random.uniform(0, tx)
+    seq, energy = 0, random.uniform(0, 1e6)
+    try:
+        while True:
+            due = min(next_hb, next_tx)
+            if due >= t_end:
+                break
+            await asyncio.sleep(max(0.0, due - time.time()))
+            if next_tx <= next_hb:
+                energy += 350_000 * tx / 3600
+                rtt, _ = await st.call("TransactionEvent", {
+                    "eventType": "Started" if seq == 0 else "Updated", "timestamp": _now(),
+                    "triggerReason": "MeterValuePeriodic", "seqNo": seq,
+                    "transactionInfo": {"transactionId": f"{sid}-tx",
+                                        "chargingState": "Charging"},
+                    "evse": {"id": 1, "connectorId": 1},
+                    "meterValue": [{"timestamp": _now(), "sampledValue": [
+                        {"value": round(energy, 1), "measurand": "Energy.Active.Import.Register",
+                         "unitOfMeasure": {"unit": "Wh"}},
+                        {"value": 350000.0, "measurand": "Power.Active.Import",
+                         "unitOfMeasure": {"unit": "W"}},
+                        {"value": 583.3, "measurand": "Current.Import",
+                         "unitOfMeasure": {"unit": "A"}}]}]})
+                seq += 1
+                next_tx += tx
+            else:
+                rtt, _ = await st.call("Heartbeat", {})
+                next_hb += hb
+                hb_rtts.append(rtt)
+            rtts.append(rtt)
+    except Exception as exc:
+        stats["call_errors"] += 1
+        stats["last_error"] = repr(exc)[:200]
+    finally:
+        with contextlib.suppress(Exception):
+            await ws.close()
+
+
+def _generator(idx: int, url: str, ids: list[str], args: dict[str, Any],
+               to_parent: Any, from_parent: Any) -> None:
+    _raise_fd_limit()
+
+    async def main() -> None:
+        stats: dict[str, Any] = {"connected": 0, "connect_errors": 0, "call_errors": 0,
+                                 "rtts": [], "hb_rtts": [], "last_error": ""}
+        ready, start_at = asyncio.Event(), [0.0]
+        gate = asyncio.Semaphore(args["connect_concurrency"])
+        tasks = [asyncio.create_task(_station_life(url, sid, args, ready, start_at, stats, gate))
+                 for sid in ids]
+        while stats["connected"] + stats["connect_errors"] < len(ids):
+            await asyncio.sleep(0.1)
+        to_parent.put(("ready", idx, stats["connected"], stats["last_error"]))
+        start_at[0] = await asyncio.get_running_loop().run_in_executor(None, from_parent.get)
+        ready.set()
+        await asyncio.gather(*tasks)
+        cpu = psutil.Process().cpu_times()
+        to_parent.put(("done", idx, {k: v for k, v in stats.items()},
+                       cpu.user + cpu.system))
+
+    asyncio.run(main())
+
+
+# --- parent ---------------------------------------------------------------------------------
+def _provision(db: Path, n: int, scrypt_n: int) -> list[str]:
+    import sqlite3
+
+    from ocpp_server.migrations import migrate
+    from ocpp_server.passwords import hash_password
+    ids = [f"BENCH{i:05d}" for i in range(n)]
+    pw_hash = hash_password(PASSWORD, n=scrypt_n)  # one hash reused: provisioning speed only
+    conn = sqlite3.connect(db, isolation_level=None)
+    conn.execute("PRAGMA journal_mode=WAL")
+    migrate(conn)
+    conn.execute("BEGIN")
+    conn.executemany("INSERT INTO stations (id, password_hash, security_profile, approved,"
+                     " created_at) VALUES (?,?,1,1,?)", [(i, pw_hash, _now()) for i in ids])
+    conn.execute("COMMIT")
+    conn.close()
+    return ids
+
+
+def _metrics(url: str) -> dict[str, Any]:
+    import httpx
+
+    return dict(httpx.get(url, headers={"Authorization": "Bearer bench"}, timeout=30).json())
+
+
+def _pct(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    values = sorted(values)
+    return values[min(len(values) - 1, int(q * len(values)))]
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--stations", type=int, default=2000)
+    ap.add_argument("--procs", type=int, default=4, help="load-generator processes")
+    ap.add_argument("--duration", type=float, default=60.0, help="steady phase, seconds")
+    ap.add_argument("--heartbeat-s", type=float, default=10.0,
+                    help="heartbeat period (real stations: 300 s)")
+    ap.add_argument("--tx-s", type=float, default=5.0,
+                    help="TransactionEvent period (real stations: 60 s)")
+    ap.add_argument("--scrypt-n", type=int, default=2**11,
+                    help="scrypt cost of the bench passwords (production default 2**14)")
+    ap.add_argument("--connect-concurrency", type=int, default=50)
+    ap.add_argument("--synchronous", default="FULL", choices=["FULL", "NORMAL"])
+    args = ap.parse_args()
+    _raise_fd_limit()
+
+    tmp = Path(tempfile.mkdtemp(prefix="csms-bench-"))
+    db = tmp / "csms.db"
+    t0 = time.time()
+    ids = _provision(db, args.stations, args.scrypt_n)
+    cfg = tmp / "csms.toml"
+    cfg.write_text(f'[storage]\npath = "{db}"\nsynchronous = "{args.synchronous}"\n'
+                   f'[ocpp]\nhost = "127.0.0.1"\nport = 0\nrate_per_s = 50\n'
+                   f'heartbeat_interval = {int(args.heartbeat_s)}\n'
+                   f'[api]\nhost = "127.0.0.1"\nport = 0\ntokens = ["bench"]\n')
+    ready_file = tmp / "ready.json"
+    env = {**os.environ, "MWC_CSMS_LOG_LEVEL": "WARNING"}
+    backend = subprocess.Popen(
+        [sys.executable, "-m", "ocpp_server", "--config", str(cfg), "serve",
+         "--ready-file", str(ready_file)], cwd=ROOT, env=env)
+    try:
+        while not ready_file.exists():
+            if backend.poll() is not None:
+                print("backend failed to start", file=sys.stderr)
+                return 1
+            time.sleep(0.05)
+        ports = json.loads(ready_file.read_text())
+        port = ports["ocpp_port"]
+        metrics_url = f"http://127.0.0.1:{ports['api_port']}/api/v1/metrics"
+        proc = psutil.Process(backend.pid)
+        print(f"backend pid {backend.pid} on ws://127.0.0.1:{port}; {args.stations} stations, "
+              f"{args.procs} load-generator processes ON THE SAME {os.cpu_count()}-CORE MACHINE")
+
+        ctx = mp.get_context("spawn")
+        to_parent = ctx.Queue()
+        chans = [ctx.Queue() for _ in range(args.procs)]
+        gen_args = {"heartbeat_s": args.heartbeat_s, "tx_s": args.tx_s,
+                    "duration": args.duration,
+                    "connect_concurrency": max(1, args.connect_concurrency // args.procs)}
+        gens = [ctx.Process(target=_generator, args=(
+            i, f"ws://127.0.0.1:{port}", ids[i::args.procs], gen_args, to_parent, chans[i]))
+            for i in range(args.procs)]
+        for g in gens:
+            g.start()
+        held = 0
+        for _ in gens:
+            _, idx, connected, err = to_parent.get(timeout=600)
+            held += connected
+            if err:
+                print(f"  generator {idx}: last connect error {err}")
+        ramp = time.time() - t0
+        print(f"ramp-up: {held}/{args.stations} stations connected and booted in {ramp:.1f} s")
+        start_at = time.time() + 1.0
+        gen_procs = [psutil.Process(g.pid) for g in gens]
+        for ch in chans:
+            ch.put(start_at)
+        while time.time() < start_at:
+            time.sleep(0.01)
+        cpu0 = proc.cpu_times()
+        m0 = _metrics(metrics_url)
+        gen0 = sum(sum(p.cpu_times()[:2]) for p in gen_procs)
+        sys0 = psutil.cpu_times()
+        rss_max = 0.0
+        while time.time() < start_at + args.duration:
+            rss_max = max(rss_max, proc.memory_info().rss / 2**20)
+            time.sleep(0.5)
+        cpu1 = proc.cpu_times()
+        m1 = _metrics(metrics_url)
+        gen1 = sum(sum(p.cpu_times()[:2]) for p in gen_procs)
+        sys1 = psutil.cpu_times()
+        results = [to_parent.get(timeout=120) for _ in gens]
+        for g in gens:
+            g.join(timeout=30)
+    finally:
+        backend.send_signal(signal.SIGTERM)
+        try:
+            backend.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            backend.kill()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+    rtts: list[float] = []
+    hb_rtts: list[float] = []
+    call_errors = connect_errors = 0
+    for _, _, stats, _ in results:
+        rtts.extend(stats["rtts"])
+        hb_rtts.extend(stats["hb_rtts"])
+        call_errors += stats["call_errors"]
+        connect_errors += stats["connect_errors"]
+        if stats["last_error"]:
+            print(f"  last error: {stats['last_error']}")
+    backend_cpu = (cpu1.user + cpu1.system - cpu0.user - cpu0.system) / args.duration
+    gen_cpu_steady = (gen1 - gen0) / args.duration
+    busy = sum(sys1[:3]) - sum(sys0[:3])  # user + nice + system, all cores
+    other_cpu = max(0.0, busy / args.duration - backend_cpu - gen_cpu_steady)
+    held_end = held - call_errors
+    msgs_per_s = len(rtts) / args.duration
+    p50, p99 = _pct(rtts, 0.50), _pct(rtts, 0.99)
+    print(f"stations held: {held_end} of {args.stations} (connect errors {connect_errors},"
+          f" dropped during the run {call_errors})")
+    print(f"schedule: Heartbeat every {args.heartbeat_s:g} s, TransactionEvent every "
+          f"{args.tx_s:g} s (3 samples) per station; steady phase {args.duration:g} s")
+    print(f"messages: {len(rtts)} CALLs, {msgs_per_s:.0f} msg/s")
+    print(f"round trip: p50 {p50:.1f} ms, p99 {p99:.1f} ms, max {max(rtts, default=0):.1f} ms"
+          f" (Heartbeat only, no storage: p50 {_pct(hb_rtts, 0.5):.1f} ms,"
+          f" p99 {_pct(hb_rtts, 0.99):.1f} ms)")
+    from ocpp_server.metrics import percentile
+
+    steady = [b - a for a, b in zip(m0["buckets"], m1["buckets"], strict=True)]
+    h50, h99 = percentile(steady, 0.5), percentile(steady, 0.99)
+    print(f"backend handling time (frame in -> answer written, incl. commit): p50 <= {h50} ms,"
+          f" p99 <= {h99} ms; the rest of the round trip is the two event loops and the OS")
+    print(f"backend: CPU {backend_cpu * 100:.0f}% of one core, RSS max {rss_max:.0f} MB; "
+          f"load generators (same machine): CPU {gen_cpu_steady * 100:.0f}% of one core; "
+          f"other processes on the machine: {other_cpu * 100:.0f}% of one core "
+          f"({os.cpu_count()} cores in all)")
+    goal = held_end >= 2000 and p99 <= 100
+    print(f"goal (2,000 stations, p99 <= 100 ms): {'met' if goal else 'NOT met'}")
+    print(json.dumps({"stations": held_end, "msgs_per_s": round(msgs_per_s, 1),
+                      "rtt_ms_p50": round(p50, 2), "rtt_ms_p99": round(p99, 2),
+                      "rss_mb": round(rss_max, 1), "backend_handling_ms_p99": h99,
+                      "backend_cpu_pct": round(backend_cpu * 100),
+                      "other_load_cpu_pct": round(other_cpu * 100),
+                      "load_generator_on_same_machine": True}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,173 @@
+"""The backend process: OCPP websocket listeners and the REST API on one event loop.
+
+``CsmsServer.start()`` binds everything (port 0 gives a free port, read back from the
+``*_port`` attributes), so tests and the demo run the real thing on loopback.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+import ssl
+from collections.abc import Iterator
+from typing import Any
+
+import ocpp.messages
+import structlog
+import uvicorn
+from websockets.asyncio.server import Server, ServerConnection, serve
+from websockets.exceptions import ConnectionClosed
+
+from ocpp_server.auth import SUBPROTOCOLS, Authenticator, admission_of
+from ocpp_server.config import CsmsConfig
+from ocpp_server.handlers_v16 import StationV16
+from ocpp_server.handlers_v201 import StationV201
+from ocpp_server.repository import Repository
+from ocpp_server.session import DISCONNECTED, Backend, Session
+from ocpp_server.storage import SqliteRepository
+
+log = structlog.get_logger("ocpp_server.app")
+
+# Schema validation inline: the library's default hops to a thread pool for every message,
+# which costs more than the validation itself (the GIL serialises it anyway).
+ocpp.messages.ASYNC_VALIDATION = False
+
+
+class _Uvicorn(uvicorn.Server):
+    """uvicorn without its own signal handling: the backend owns SIGINT/SIGTERM."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+def tls_context(cfg: CsmsConfig) -> ssl.SSLContext:
+    """Server TLS (1.2+); client certificates optional but verified when sent (profile 3)."""
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.load_cert_chain(cfg.ocpp.certfile, cfg.ocpp.keyfile)
+    if cfg.ocpp.client_ca:
+        ctx.load_verify_locations(cfg.ocpp.client_ca)
+        ctx.verify_mode = ssl.CERT_OPTIONAL
+    return ctx
+
+
+class CsmsServer:
+    """Owns the repository, the listeners and the live sessions."""
+
+    def __init__(self, cfg: CsmsConfig, repo: Repository | None = None) -> None:
+        self.cfg = cfg
+        self.repo: Repository = repo or SqliteRepository(cfg.storage.path,
+                                                         cfg.storage.synchronous)
+        self.backend = Backend(cfg, self.repo)
+        self._servers: list[Server] = []
+        self._api: _Uvicorn | None = None
+        self._api_task: asyncio.Task[None] | None = None
+        self._lag_task: asyncio.Task[None] | None = None
+        self._background: set[asyncio.Task[Any]] = set()
+        self.ocpp_port = 0
+        self.tls_port = 0
+        self.api_port = 0
+
+    async def _listen(self, port: int, tls: bool) -> int:
+        server = await serve(
+            self._handle, self.cfg.ocpp.host, port,
+            subprotocols=list(SUBPROTOCOLS),  # type: ignore[arg-type]
+            process_request=Authenticator(self.backend, tls),
+            ssl=tls_context(self.cfg) if tls else None,
+            compression=None, max_size=self.cfg.ocpp.max_message_bytes, max_queue=8,
+            ping_interval=60, ping_timeout=60, open_timeout=15,
+            backlog=1024,  # a fleet reconnecting after a restart arrives at once
+        )
+        self._servers.append(server)
+        return int(next(iter(server.sockets)).getsockname()[1])
+
+    async def start(self) -> None:
+        await self.repo.open()
+        ocfg = self.cfg.ocpp
+        if ocfg.port >= 0:
+            self.ocpp_port = await self._listen(ocfg.port, tls=False)
+        if ocfg.tls_port >= 0:
+            self.tls_port = await self._listen(ocfg.tls_port, tls=True)
+        if self.cfg.api.port >= 0:
+            await self._start_api()
+        self._lag_task = asyncio.create_task(self._watch_loop_lag())
+        log.info("csms_started", ocpp_port=self.ocpp_port, tls_port=self.tls_port,
+                 api_port=self.api_port, db=self.cfg.storage.path)
+
+    async def _start_api(self) -> None:
+        from ocpp_server.api import create_app
+
+        sock = socket.socket(socket.AF_INET6 if ":" in self.cfg.api.host else socket.AF_INET)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((self.cfg.api.host, self.cfg.api.port))
+        sock.listen(128)
+        sock.setblocking(False)
+        self.api_port = int(sock.getsockname()[1])
+        config = uvicorn.Config(create_app(self), log_config=None, access_log=False,
+                                lifespan="off", timeout_graceful_shutdown=2)
+        self._api = _Uvicorn(config)
+        self._api_task = asyncio.create_task(self._api.serve(sockets=[sock]))
+        while not self._api.started and not self._api_task.done():
+            await asyncio.sleep(0.01)
+        if self._api_task.done():
+            self._api_task.result()
+
+    async def _watch_loop_lag(self, period: float = 0.25, warn_s: float = 0.2) -> None:
+        """Log when the event loop was blocked: every station's latency suffers then."""
+        loop = asyncio.get_running_loop()
+        while True:
+            before = loop.time()
+            await asyncio.sleep(period)
+            lag = loop.time() - before - period
+            if lag > warn_s:
+                log.warning("event_loop_stalled", lag_ms=round(lag * 1000),
+                            stations=len(self.backend.sessions))
+
+    async def stop(self) -> None:
+        if self._lag_task is not None:
+            self._lag_task.cancel()
+        if self._api is not None and self._api_task is not None:
+            self._api.should_exit = True
+            with contextlib.suppress(Exception):
+                await self._api_task
+        for server in self._servers:
+            server.close()
+        for server in self._servers:
+            await server.wait_closed()
+        self._servers.clear()
+        await self.repo.close()
+        log.info("csms_stopped")
+
+    def session(self, station_id: str) -> Session | None:
+        return self.backend.sessions.get(station_id)
+
+    async def _handle(self, connection: ServerConnection) -> None:
+        adm = admission_of(connection)
+        cls: Any = StationV201 if connection.subprotocol == "ocpp2.0.1" else StationV16
+        session: Session = cls(adm.station_id, connection, self.backend, adm.approved,
+                               adm.security_profile)
+        old = self.backend.sessions.get(adm.station_id)
+        self.backend.sessions[adm.station_id] = session
+        if old is not None:  # the station reconnected before we noticed the old socket die
+            closing = asyncio.create_task(old._connection.close(  # type: ignore[attr-defined]
+                1000, "replaced by a new connection"))
+            self._background.add(closing)
+            closing.add_done_callback(self._background.discard)
+        remote = str(connection.remote_address[0]) if connection.remote_address else ""
+        conn_id = await self.repo.open_connection(adm.station_id, session.subprotocol, remote,
+                                                  adm.security_profile)
+        session.log.info("connected", remote=remote, security_profile=adm.security_profile)
+        try:
+            await session.start()
+        except ConnectionClosed:
+            pass
+        finally:
+            session._response_queue.put_nowait(DISCONNECTED)  # type: ignore[attr-defined]
+            if self.backend.sessions.get(adm.station_id) is session:
+                del self.backend.sessions[adm.station_id]
+            code = connection.close_code
+            session.log.info("disconnected", code=code)
+            with contextlib.suppress(Exception):
+                await self.repo.close_connection(conn_id, code)

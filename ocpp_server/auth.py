@@ -1,0 +1,173 @@
+"""Station authentication at the websocket handshake (``process_request`` hook).
+
+Security profiles (OCPP 2.0.1 Part 2 A00): 1 = Basic auth over ws or wss, 2 = Basic auth over
+TLS, 3 = TLS client certificate whose CN equals the station id (checked against
+``client_ca`` by the TLS layer). Profile 0 admits without credentials and is meant for labs.
+Unknown station, missing or wrong credentials: HTTP 401. Path not ``/ocpp/<id>``: 404. No
+supported subprotocol offered: 400 (before authentication reveals anything else, the path and
+subprotocol are checked; the password is compared last and only in a worker thread, because
+scrypt takes tens of milliseconds that would otherwise stall every other station).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import hashlib
+import hmac
+import os
+import re
+from dataclasses import dataclass
+from http import HTTPStatus
+from typing import Any
+from urllib.parse import unquote
+
+import structlog
+from websockets.asyncio.server import ServerConnection
+from websockets.http11 import Request, Response
+
+from ocpp_server.passwords import hash_password, verify_password
+from ocpp_server.repository import AlreadyExists, StationRecord
+from ocpp_server.session import Backend
+
+log = structlog.get_logger("ocpp_server.auth")
+
+SUBPROTOCOLS = ("ocpp2.0.1", "ocpp1.6")
+_PATH = re.compile(r"/ocpp/([^/?#]+)/?")
+_STATION_ID = re.compile(r"[A-Za-z0-9._~+*@\-]{1,48}")
+
+
+@dataclass(frozen=True)
+class Admission:
+    """What the handshake established; stored on the connection for the handler."""
+
+    station_id: str
+    approved: bool
+    security_profile: int
+
+
+def _basic_credentials(request: Request) -> tuple[str, str] | None:
+    header = request.headers.get("Authorization")
+    if not header or not header.lower().startswith("basic "):
+        return None
+    try:
+        user, _, password = base64.b64decode(header[6:].strip()).decode().partition(":")
+    except (binascii.Error, UnicodeDecodeError):
+        return None
+    return user, password
+
+
+def _client_cn(connection: ServerConnection) -> str | None:
+    cert = connection.transport.get_extra_info("peercert")
+    if not cert:
+        return None
+    for rdn in cert.get("subject", ()):
+        for key, value in rdn:
+            if key == "commonName":
+                return str(value)
+    return None
+
+
+class Authenticator:
+    """The ``process_request`` callable for one listener (plain or TLS)."""
+
+    def __init__(self, backend: Backend, tls: bool) -> None:
+        self.backend = backend
+        self.tls = tls
+        # Passwords verified since start, as keyed HMACs: a reconnect storm costs no scrypt.
+        self._key = os.urandom(32)
+        self._verified: dict[str, tuple[str, bytes]] = {}
+
+    def _deny(self, connection: ServerConnection, station_id: str, reason: str) -> Response:
+        log.warning("station_refused", station_id=station_id, reason=reason,
+                    remote=str(connection.remote_address))
+        response = connection.respond(HTTPStatus.UNAUTHORIZED, "Unauthorized\n")
+        response.headers["WWW-Authenticate"] = 'Basic realm="mwcharge", charset="UTF-8"'
+        return response
+
+    async def _password_ok(self, station: StationRecord, password: str) -> bool:
+        if station.password_hash is None:
+            return False
+        mac = hmac.new(self._key, password.encode(), hashlib.sha256).digest()
+        cached = self._verified.get(station.id)
+        if cached is not None and cached[0] == station.password_hash:
+            return hmac.compare_digest(cached[1], mac)
+        ok = await asyncio.to_thread(verify_password, password, station.password_hash)
+        if ok:
+            self._verified[station.id] = (station.password_hash, mac)
+        return ok
+
+    async def __call__(self, connection: ServerConnection, request: Request) -> Response | None:
+        match = _PATH.fullmatch(request.path.split("?", 1)[0])
+        if match is None:
+            return connection.respond(HTTPStatus.NOT_FOUND, "use /ocpp/<stationId>\n")
+        station_id = unquote(match[1])
+        if not _STATION_ID.fullmatch(station_id):
+            return connection.respond(HTTPStatus.BAD_REQUEST, "invalid station id\n")
+        offered = {p.strip() for h in request.headers.get_all("Sec-WebSocket-Protocol")
+                   for p in h.split(",")}
+        if not offered.intersection(SUBPROTOCOLS):
+            return connection.respond(
+                HTTPStatus.BAD_REQUEST,
+                f"offer one of the subprotocols {', '.join(SUBPROTOCOLS)}\n")
+        creds = _basic_credentials(request)
+        cn = _client_cn(connection) if self.tls else None
+        station = await self.backend.repo.get_station(station_id)
+        if station is None:
+            if not self.backend.cfg.ocpp.auto_register:
+                return self._deny(connection, station_id, "unknown station")
+            station = await self._register(station_id, creds, cn)
+        denial = await self._check(station, creds, cn)
+        if denial is not None:
+            return self._deny(connection, station_id, denial)
+        connection.csms_admission = Admission(  # type: ignore[attr-defined]
+            station_id, station.approved, station.security_profile)
+        return None
+
+    async def _check(self, station: StationRecord, creds: tuple[str, str] | None,
+                     cn: str | None) -> str | None:
+        """None when admitted, else the reason (for the log only)."""
+        profile = station.security_profile
+        if profile == 0:
+            return None
+        if profile >= 2 and not self.tls:
+            return f"profile {profile} requires TLS"
+        if profile == 3:
+            return None if cn == station.id else f"client certificate CN {cn!r} != station id"
+        if creds is None:
+            return "no Basic credentials"
+        if creds[0] != station.id:
+            return "Basic username is not the station id"
+        if not await self._password_ok(station, creds[1]):
+            return "wrong password"
+        return None
+
+    async def _register(self, station_id: str, creds: tuple[str, str] | None,
+                        cn: str | None) -> StationRecord:
+        """Lab mode: remember an unknown station with the credentials it presents (TOFU)."""
+        pw_hash: str | None = None
+        profile = 0
+        if cn == station_id:
+            profile = 3
+        elif creds is not None and creds[0] == station_id:
+            try:
+                pw_hash = await asyncio.to_thread(hash_password, creds[1])
+                profile = 2 if self.tls else 1
+            except ValueError:
+                pass
+        record = StationRecord(id=station_id, security_profile=profile,
+                               approved=self.backend.cfg.ocpp.auto_approve,
+                               password_hash=pw_hash)
+        try:
+            await self.backend.repo.add_station(record)
+            log.info("station_auto_registered", station_id=station_id, security_profile=profile)
+        except AlreadyExists:  # registered by a concurrent handshake
+            existing = await self.backend.repo.get_station(station_id)
+            assert existing is not None
+            return existing
+        return record
+
+
+def admission_of(connection: Any) -> Admission:
+    return connection.csms_admission  # type: ignore[no-any-return]

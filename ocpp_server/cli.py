@@ -1,0 +1,268 @@
+"""``mwc csms ...``: run the backend, provision stations and tokens, send ad-hoc commands.
+
+``serve``, ``station`` and ``token`` work on the database named by the configuration (SQLite
+allows the CLI to write while the backend serves). ``call`` goes through the REST API.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import gc
+import getpass
+import json
+import os
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from ocpp_server.config import ConfigError, CsmsConfig, load_config
+from ocpp_server.passwords import hash_password
+from ocpp_server.repository import AlreadyExists, StationRecord, TokenRecord
+from ocpp_server.storage import SqliteRepository
+
+
+def _config(args: argparse.Namespace) -> CsmsConfig:
+    cfg = load_config(args.config or os.environ.get("MWC_CSMS_CONFIG"))
+    if getattr(args, "db", None):
+        cfg.storage.path = args.db
+    return cfg
+
+
+async def _serve(cfg: CsmsConfig, ready_file: str | None) -> None:
+    from ocpp_server.app import CsmsServer
+
+    server = CsmsServer(cfg)
+    await server.start()
+    # Everything imported and built so far lives as long as the process: keep it out of the
+    # cyclic GC, whose full passes otherwise stall every station for ~100 ms.
+    gc.collect()
+    gc.freeze()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    if ready_file:
+        tmp = Path(ready_file + ".tmp")
+        tmp.write_text(json.dumps({"ocpp_port": server.ocpp_port, "tls_port": server.tls_port,
+                                   "api_port": server.api_port, "pid": os.getpid()}))
+        tmp.replace(ready_file)
+    try:
+        await stop.wait()
+    finally:
+        await server.stop()
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    cfg = _config(args)
+    if args.ocpp_port is not None:
+        cfg.ocpp.port = args.ocpp_port
+    if args.api_port is not None:
+        cfg.api.port = args.api_port
+    asyncio.run(_serve(cfg, args.ready_file))
+    return 0
+
+
+async def _with_repo(cfg: CsmsConfig, fn: Any) -> Any:
+    repo = SqliteRepository(cfg.storage.path, cfg.storage.synchronous)
+    await repo.open()
+    try:
+        return await fn(repo)
+    finally:
+        await repo.close()
+
+
+def _read_password(args: argparse.Namespace) -> str | None:
+    if args.password_env:
+        value = os.environ.get(args.password_env)
+        if value is None:
+            raise SystemExit(f"environment variable {args.password_env} is not set")
+        return value
+    if args.password_stdin:
+        return sys.stdin.readline().rstrip("\n")
+    if args.ask_password:
+        return getpass.getpass(f"password for {args.station_id}: ")
+    return None
+
+
+def _cmd_station_add(args: argparse.Namespace) -> int:
+    password = _read_password(args)
+    try:
+        pw_hash = None if password is None else hash_password(password)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    record = StationRecord(id=args.station_id, security_profile=args.profile,
+                           approved=not args.pending, password_hash=pw_hash)
+    try:
+        asyncio.run(_with_repo(_config(args), lambda r: r.add_station(record)))
+    except AlreadyExists as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(json.dumps(record.public()))
+    return 0
+
+
+def _cmd_station_approve(args: argparse.Namespace) -> int:
+    ok = asyncio.run(_with_repo(_config(args),
+                                lambda r: r.set_station_approved(args.station_id, True)))
+    if not ok:
+        print(f"error: unknown station {args.station_id!r}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _cmd_station_list(args: argparse.Namespace) -> int:
+    for st in asyncio.run(_with_repo(_config(args), lambda r: r.list_stations())):
+        print(json.dumps(st.public()))
+    return 0
+
+
+def _cmd_token_add(args: argparse.Namespace) -> int:
+    token = TokenRecord(args.id_token, args.type, args.status, args.expiry, args.group)
+    asyncio.run(_with_repo(_config(args), lambda r: r.upsert_token(token)))
+    print(json.dumps(token.__dict__))
+    return 0
+
+
+def _cmd_token_block(args: argparse.Namespace) -> int:
+    ok = asyncio.run(_with_repo(_config(args),
+                                lambda r: r.set_token_status(args.id_token, "Blocked")))
+    if not ok:
+        print(f"error: unknown token {args.id_token!r}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _cmd_call(args: argparse.Namespace) -> int:
+    cfg = _config(args)
+    try:
+        payload = json.loads(args.payload) if args.payload else {}
+    except json.JSONDecodeError as exc:
+        print(f"error: payload is not valid JSON: {exc}", file=sys.stderr)
+        return 2
+    if not isinstance(payload, dict):
+        print("error: payload must be a JSON object", file=sys.stderr)
+        return 2
+    host = "127.0.0.1" if cfg.api.host in ("0.0.0.0", "::") else cfg.api.host
+    url = args.url or f"http://{host}:{cfg.api.port}"
+    token = args.token or os.environ.get("MWC_CSMS_TOKEN") or next(iter(cfg.api.tokens), "")
+    params = {"timeout": args.timeout} if args.timeout else None
+    try:
+        resp = httpx.post(f"{url}/api/v1/stations/{args.station_id}/call/{args.action}",
+                          json=payload, params=params,
+                          headers={"Authorization": f"Bearer {token}"},
+                          timeout=(args.timeout or cfg.ocpp.call_timeout) + 5)
+    except httpx.HTTPError as exc:
+        print(f"error: cannot reach the backend at {url}: {exc}", file=sys.stderr)
+        return 1
+    print(json.dumps(resp.json(), indent=2))
+    return 0 if resp.is_success else 1
+
+
+def _guard(fn: Any) -> Any:
+    """Configuration problems end the command with a one-line error, not a traceback."""
+
+    def wrapped(args: argparse.Namespace) -> int:
+        try:
+            return int(fn(args) or 0)
+        except ConfigError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+
+    return wrapped
+
+
+def register(sub: Any) -> None:
+    """Add ``csms`` and its sub-commands to the ``mwc`` parser."""
+    csms = sub.add_parser("csms", help="the OCPP backend (CSMS) and its operator tools")
+    csms.add_argument("--config", help="TOML configuration (default: $MWC_CSMS_CONFIG)")
+    csms.add_argument("--db", help="SQLite file, overrides [storage] path")
+    csms.set_defaults(handler=lambda a: csms.print_help() or 2)
+    cs = csms.add_subparsers(dest="csms_command", metavar="COMMAND")
+    # --config/--db are also accepted after the sub-command (SUPPRESS keeps the group's value)
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--config", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+    common.add_argument("--db", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+
+    serve = cs.add_parser("serve", parents=[common], help="run the OCPP endpoint and the REST API")
+    serve.add_argument("--ocpp-port", type=int, help="override [ocpp] port (0: any free)")
+    serve.add_argument("--api-port", type=int, help="override [api] port (0: any free)")
+    serve.add_argument("--ready-file", help="write the bound ports as JSON here once serving")
+    serve.set_defaults(handler=_guard(_cmd_serve))
+
+    station = cs.add_parser("station", help="provision stations")
+    st = station.add_subparsers(dest="station_command", metavar="COMMAND")
+    station.set_defaults(handler=lambda a: station.print_help() or 2)
+    add = st.add_parser("add", parents=[common], help="add a station")
+    add.add_argument("station_id")
+    add.add_argument("--profile", type=int, default=1, choices=[0, 1, 2, 3],
+                     help="security profile (0 = no authentication, labs only)")
+    add.add_argument("--pending", action="store_true",
+                     help="not approved yet: BootNotification answers Pending")
+    pw = add.add_mutually_exclusive_group()
+    pw.add_argument("--password-env", metavar="VAR", help="read the password from $VAR")
+    pw.add_argument("--password-stdin", action="store_true", help="read it from stdin")
+    pw.add_argument("--ask-password", action="store_true", help="prompt for it")
+    add.set_defaults(handler=_guard(_cmd_station_add))
+    approve = st.add_parser("approve", parents=[common], help="approve a Pending station")
+    approve.add_argument("station_id")
+    approve.set_defaults(handler=_guard(_cmd_station_approve))
+    listing = st.add_parser("list", parents=[common], help="list stations")
+    listing.set_defaults(handler=_guard(_cmd_station_list))
+
+    token = cs.add_parser("token", help="provision idTokens")
+    tk = token.add_subparsers(dest="token_command", metavar="COMMAND")
+    token.set_defaults(handler=lambda a: token.print_help() or 2)
+    tadd = tk.add_parser("add", parents=[common], help="add or update a token")
+    tadd.add_argument("id_token")
+    tadd.add_argument("--type", default="ISO14443")
+    tadd.add_argument("--status", default="Accepted")
+    tadd.add_argument("--expiry", help="ISO 8601 expiry")
+    tadd.add_argument("--group", help="group idToken (2.0.1 groupIdToken / 1.6 parentIdTag)")
+    tadd.set_defaults(handler=_guard(_cmd_token_add))
+    block = tk.add_parser("block", parents=[common], help="block a token")
+    block.add_argument("id_token")
+    block.set_defaults(handler=_guard(_cmd_token_block))
+
+    call = cs.add_parser("call", parents=[common],
+                         help="send an OCPP command to a connected station")
+    call.add_argument("station_id")
+    call.add_argument("action", help="OCPP action, e.g. Reset, GetVariables")
+    call.add_argument("payload", nargs="?", help="JSON payload (camelCase)")
+    call.add_argument("--url", help="REST API base URL (default from [api])")
+    call.add_argument("--token", help="bearer token (default $MWC_CSMS_TOKEN or [api] tokens)")
+    call.add_argument("--timeout", type=float, help="seconds to wait for the station")
+    call.set_defaults(handler=_guard(_cmd_call))
+
+
+def run(argv: list[str] | None = None) -> int:
+    """Entry point of ``python -m ocpp_server``: the same commands without ``mwc``."""
+    import logging
+
+    import structlog
+
+    parser = argparse.ArgumentParser(prog="python -m ocpp_server")
+    register(parser.add_subparsers(dest="command", metavar="COMMAND"))
+    args = parser.parse_args(["csms", *(argv if argv is not None else sys.argv[1:])])
+    level = os.environ.get("MWC_CSMS_LOG_LEVEL", "INFO").upper()
+    logging.basicConfig(level=level, format="%(message)s", stream=sys.stderr)
+    for noisy in ("websockets", "ocpp", "asyncio"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(
+        logging.getLevelNamesMapping().get(level, logging.INFO)), processors=[
+        structlog.processors.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+        structlog.processors.format_exc_info,
+        structlog.processors.JSONRenderer()],
+        logger_factory=structlog.PrintLoggerFactory(sys.stderr))
+    try:
+        return int(args.handler(args) or 0)
+    except KeyboardInterrupt:
+        with contextlib.suppress(Exception):
+            sys.stderr.flush()
+        return 130
