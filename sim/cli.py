@@ -63,6 +63,10 @@ def register(sub: Any) -> None:
                    help="the simulator's control port (PORT+COUNT+2)")
     f.set_defaults(handler=_run_fault)
 
+    from sim import grid  # the energy manager stand-in: mwc sim grid
+
+    grid.register(sim_subparsers())
+
 
 async def _serve(args: argparse.Namespace) -> int:
     from controller import logs

@@ -1,0 +1,319 @@
+"""Helpers for the MQTT tests: a private Mosquitto per test, a test PKI, clocks, a listener.
+
+Plain helpers imported by the test modules (no conftest): each test starts its own
+``mosquitto`` on a free loopback port with its own configuration file (plain, TLS with a test
+CA, or a password file) and stops it, so tests never touch the system broker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import ipaddress
+import json
+import os
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import AsyncIterator, Callable, Coroutine
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiomqtt
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+from controller.mqtt import MqttConfig, TlsConfig
+
+MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+MOSQUITTO_PASSWD = shutil.which("mosquitto_passwd") or "/usr/bin/mosquitto_passwd"
+
+needs_mosquitto = pytest.mark.skipif(not os.path.exists(MOSQUITTO),
+                                     reason="mosquitto not installed (make system-deps)")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+# ---------------------------------------------------------------------------- PKI
+@dataclass
+class Pki:
+    ca: Path
+    server_cert: Path
+    server_key: Path
+    client_cert: Path
+    client_key: Path
+
+
+def _name(cn: str) -> x509.Name:
+    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
+
+
+def _write_key(path: Path, key: ec.EllipticCurvePrivateKey) -> None:
+    path.write_bytes(key.private_bytes(serialization.Encoding.PEM,
+                                       serialization.PrivateFormat.PKCS8,
+                                       serialization.NoEncryption()))
+
+
+def make_pki(directory: Path) -> Pki:
+    """A test CA, a server certificate for 127.0.0.1/localhost and a client certificate."""
+    directory.mkdir(parents=True, exist_ok=True)
+    now = dt.datetime.now(dt.UTC) - dt.timedelta(minutes=5)
+    later = now + dt.timedelta(days=2)
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_cert = (x509.CertificateBuilder().subject_name(_name("mwc test CA"))
+               .issuer_name(_name("mwc test CA")).public_key(ca_key.public_key())
+               .serial_number(x509.random_serial_number()).not_valid_before(now)
+               .not_valid_after(later)
+               .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+               .add_extension(x509.KeyUsage(digital_signature=True, key_cert_sign=True,
+                                            crl_sign=True, content_commitment=False,
+                                            key_encipherment=False, data_encipherment=False,
+                                            key_agreement=False, encipher_only=False,
+                                            decipher_only=False), critical=True)
+               .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()),
+                              critical=False)
+               .sign(ca_key, hashes.SHA256()))
+
+    def leaf(cn: str, server: bool) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
+        key = ec.generate_private_key(ec.SECP256R1())
+        b = (x509.CertificateBuilder().subject_name(_name(cn)).issuer_name(ca_cert.subject)
+             .public_key(key.public_key()).serial_number(x509.random_serial_number())
+             .not_valid_before(now).not_valid_after(later)
+             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+             .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(
+                 ca_key.public_key()), critical=False))
+        if server:
+            b = b.add_extension(x509.SubjectAlternativeName([
+                x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+                critical=False)
+            usage = x509.oid.ExtendedKeyUsageOID.SERVER_AUTH
+        else:
+            usage = x509.oid.ExtendedKeyUsageOID.CLIENT_AUTH
+        b = b.add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
+        return b.sign(ca_key, hashes.SHA256()), key
+
+    server, server_key = leaf("localhost", True)
+    client, client_key = leaf("station-ST1", False)
+    pki = Pki(directory / "ca.pem", directory / "server.pem", directory / "server.key",
+              directory / "client.pem", directory / "client.key")
+    pki.ca.write_bytes(ca_cert.public_bytes(serialization.Encoding.PEM))
+    pki.server_cert.write_bytes(server.public_bytes(serialization.Encoding.PEM))
+    pki.client_cert.write_bytes(client.public_bytes(serialization.Encoding.PEM))
+    _write_key(pki.server_key, server_key)
+    _write_key(pki.client_key, client_key)
+    return pki
+
+
+# ---------------------------------------------------------------------------- broker
+@dataclass
+class Mosquitto:
+    """A private broker: ``start``, ``stop``, ``restart`` on the same port."""
+
+    directory: Path
+    pki: Pki | None = None
+    require_client_cert: bool = False
+    users: dict[str, str] | None = None
+    port: int = field(default_factory=free_port)
+    proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def conf(self) -> Path:
+        return self.directory / "mosquitto.conf"
+
+    def write_config(self) -> None:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        lines = ["user root" if os.geteuid() == 0 else "", "persistence false",
+                 f"log_dest file {self.directory / 'mosquitto.log'}",
+                 "log_type error", "log_type warning", "log_type notice",
+                 f"listener {self.port} 127.0.0.1"]
+        if self.users is not None:
+            pw = self.directory / "passwd"
+            pw.write_text("")
+            for user, password in self.users.items():
+                subprocess.run([MOSQUITTO_PASSWD, "-b", str(pw), user, password], check=True,
+                               capture_output=True)
+            lines += ["allow_anonymous false", f"password_file {pw}"]
+        else:
+            lines.append("allow_anonymous true")
+        if self.pki is not None:
+            lines += [f"cafile {self.pki.ca}", f"certfile {self.pki.server_cert}",
+                      f"keyfile {self.pki.server_key}",
+                      f"require_certificate {'true' if self.require_client_cert else 'false'}"]
+        self.conf.write_text("\n".join(lines) + "\n")
+
+    def start(self, timeout: float = 5.0) -> None:
+        if not self.conf.exists():
+            self.write_config()
+        self.proc = subprocess.Popen([MOSQUITTO, "-c", str(self.conf)],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                err = self.proc.stderr.read().decode() if self.proc.stderr else ""
+                raise RuntimeError(f"mosquitto exited: {err} {self.log()}")
+            with contextlib.suppress(OSError), socket.create_connection(
+                    ("127.0.0.1", self.port), timeout=0.2):
+                return
+            time.sleep(0.01)
+        self.stop()
+        raise RuntimeError(f"mosquitto did not listen on {self.port}: {self.log()}")
+
+    def stop(self) -> None:
+        if self.proc is None:
+            return
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        if self.proc.stderr is not None:
+            self.proc.stderr.close()
+        self.proc = None
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+    def log(self) -> str:
+        p = self.directory / "mosquitto.log"
+        return p.read_text() if p.exists() else ""
+
+
+@contextlib.contextmanager
+def broker(directory: Path, **kw: Any) -> Any:
+    b = Mosquitto(directory, **kw)
+    b.start()
+    try:
+        yield b
+    finally:
+        b.stop()
+
+
+def station_config(b: Mosquitto, **kw: Any) -> MqttConfig:
+    """An MqttConfig for ``b``: fast reconnects and a short telemetry period for tests."""
+    base: dict[str, Any] = {"host": "127.0.0.1", "port": b.port, "reconnect_min_s": 0.05,
+                            "reconnect_max_s": 0.2, "telemetry_period_s": 0.1,
+                            "timeout_s": 2.0}
+    if b.pki is not None:
+        base["tls"] = TlsConfig(ca_file=str(b.pki.ca),
+                                cert_file=str(b.pki.client_cert) if b.require_client_cert
+                                else None,
+                                key_file=str(b.pki.client_key) if b.require_client_cert
+                                else None)
+    base.update(kw)
+    return MqttConfig(**base)
+
+
+# ---------------------------------------------------------------------------- clocks, tasks
+class Clocks:
+    """Injected monotonic and wall clocks that move only when told to."""
+
+    def __init__(self, wall: float = 1_795_000_000.0, mono: float = 1000.0) -> None:
+        self.wall_t = wall
+        self.mono_t = mono
+
+    def wall(self) -> float:
+        return self.wall_t
+
+    def mono(self) -> float:
+        return self.mono_t
+
+    def advance(self, seconds: float) -> None:
+        self.wall_t += seconds
+        self.mono_t += seconds
+
+    def iso(self, offset: float = 0.0) -> str:
+        t = dt.datetime.fromtimestamp(self.wall_t + offset, dt.UTC)
+        return t.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def limit_payload(clocks: Clocks, id: str, limit_kw: float, valid_for_s: float = 30.0,
+                  **extra: Any) -> bytes:
+    body: dict[str, Any] = {"id": id, "limit_kw": limit_kw, "valid_for_s": valid_for_s,
+                            "issued_at": clocks.iso(), "source": "ems"}
+    body.update(extra)
+    return json.dumps(body).encode()
+
+
+@contextlib.asynccontextmanager
+async def tasks(*coros: Coroutine[Any, Any, Any]) -> AsyncIterator[list[asyncio.Task[Any]]]:
+    """Run ``coros`` as tasks for the block; cancel them and wait at the end."""
+    running = [asyncio.create_task(c) for c in coros]
+    try:
+        yield running
+    finally:
+        for t in running:
+            t.cancel()
+        for t in running:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await t
+
+
+async def eventually(pred: Callable[[], Any], timeout: float = 5.0, step: float = 0.01) -> Any:
+    """Wait until ``pred()`` is truthy; returns its value or fails the test."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        value = pred()
+        if value:
+            return value
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"condition not met within {timeout} s")
+        await asyncio.sleep(step)
+
+
+# ---------------------------------------------------------------------------- a listener
+class Listener:
+    """An independent MQTT client that records every message on its topics."""
+
+    def __init__(self, b: Mosquitto, *topics: str, **client_kw: Any) -> None:
+        self.broker = b
+        self.topics = topics
+        self.client_kw = client_kw
+        self.messages: list[tuple[str, bytes, bool, float]] = []  # topic, payload, retain, t
+        self._client: aiomqtt.Client | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    async def __aenter__(self) -> Listener:
+        self._client = aiomqtt.Client("127.0.0.1", self.broker.port, **self.client_kw)
+        await self._client.__aenter__()
+        for topic in self.topics:
+            await self._client.subscribe(topic, qos=1)
+        self._task = asyncio.create_task(self._read())
+        return self
+
+    async def _read(self) -> None:
+        assert self._client is not None
+        loop = asyncio.get_running_loop()
+        async for m in self._client.messages:
+            payload = m.payload if isinstance(m.payload, bytes) else str(m.payload).encode()
+            self.messages.append((str(m.topic), payload, bool(m.retain), loop.time()))
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, aiomqtt.MqttError):
+                await self._task
+        if self._client is not None:
+            with contextlib.suppress(aiomqtt.MqttError):
+                await self._client.__aexit__(None, None, None)
+
+    async def publish(self, topic: str, payload: bytes, retain: bool = False) -> None:
+        assert self._client is not None
+        await self._client.publish(topic, payload, qos=1, retain=retain)
+
+    def json(self, topic: str) -> list[dict[str, Any]]:
+        return [json.loads(p) for t, p, _, _ in self.messages if t == topic]
+
+    def events(self, topic: str, kind: str) -> list[dict[str, Any]]:
+        return [e for e in self.json(topic) if e.get("kind") == kind]
