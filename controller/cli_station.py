@@ -50,6 +50,7 @@ class NoVehicleLink:
 async def _run_station(path: str) -> int:
     from controller import logs
     from controller.config import ConfigError, load_config
+    from controller.services import run_services
     from controller.station import Station
 
     try:
@@ -67,7 +68,7 @@ async def _run_station(path: str) -> int:
     try:
         await station.start()
         log.info("station running", cycle_ms=cfg.station.cycle_ms)
-        await station.run(stop)
+        await run_services(station, cfg, stop)
     finally:
         await station.close()
         log.info("station stopped", cycles=station.seq, overruns=station.overruns,

@@ -19,6 +19,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from controller.mqtt import MqttConfig
 from power.modbus_base import DeviceEndpoint, LinkSettings
 from power.modbus_driver import HardwareConfig
 
@@ -117,6 +118,7 @@ class StationConfig(_Model):
     modules: ModulesConfig
     matrix: MatrixConfig = MatrixConfig()
     hardware: HardwareLayout = HardwareLayout()
+    mqtt: MqttConfig | None = None  # grid limits in, telemetry out (docs/mqtt.md); off if absent
 
     @model_validator(mode="after")
     def _reach_fits(self) -> StationConfig:

@@ -1,0 +1,58 @@
+"""The station with its MQTT services wired as `mwc run` wires them: a grid limit published
+to a real broker binds the station cap, and telemetry comes out."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+
+import pytest
+
+from controller.services import mqtt_services, run_services
+from tests.cycle_fixtures import rig, small_truck
+from tests.mqtt_fixtures import (
+    Listener,
+    broker,
+    eventually,
+    needs_mosquitto,
+    station_config,
+    tasks,
+)
+
+pytestmark = [needs_mosquitto, pytest.mark.timeout(60)]
+
+
+async def test_grid_limit_over_mqtt_binds_the_station_cap(tmp_path: Path) -> None:
+    with broker(tmp_path) as b:
+        async with rig([small_truck("A", capacity_kwh=200.0)], modules=8) as r:
+            cfg = r.station.config.model_copy(update={"mqtt": station_config(b)})
+            services = mqtt_services(r.station, cfg)
+            assert [name for name, _ in services] == ["mqtt", "telemetry", "grid"]
+            async with Listener(b, "mwc/TEST-1/telemetry") as listener, tasks(
+                *(coro for _, coro in services)
+            ):
+                r.trucks[0].plug_in()
+                await r.until(lambda rec: rec.guns[0].current_a > 100.0)
+                issued = r.station.wall_clock()
+                payload = {"id": "peak-1", "limit_kw": 40.0, "valid_for_s": 60,
+                           "issued_at": issued, "source": "ems"}
+                await listener.publish("mwc/TEST-1/grid/limit", json.dumps(payload).encode())
+                await eventually(lambda: r.station.limits.get("station", "grid") is not None)
+                rec = await r.until(lambda rec: rec.cap_source.startswith("grid:ems:peak-1"))
+                assert rec.station_cap_w == pytest.approx(40_000.0)
+                rec = await r.until(lambda rec: rec.station_power_w <= 40_000.0 * 1.01, 30)
+                r.assert_safe()
+                await eventually(lambda: listener.json("mwc/TEST-1/telemetry"))
+                assert "guns" in json.dumps(listener.json("mwc/TEST-1/telemetry")[-1])
+
+
+async def test_run_services_without_mqtt_runs_the_cycle_until_stopped(tmp_path: Path) -> None:
+    async with rig([small_truck("A")], modules=4) as r:
+        assert r.station.config.mqtt is None
+        assert mqtt_services(r.station, r.station.config) == []
+        stop = asyncio.Event()
+        task = asyncio.create_task(run_services(r.station, r.station.config, stop))
+        await asyncio.sleep(0.05)
+        stop.set()
+        await asyncio.wait_for(task, 10)
