@@ -68,50 +68,45 @@ def _assign_fair(  # type: ignore[no-untyped-def]
         if not locked[m] and usable[m] and h >= 0 and _wants(alloc, tgt, volt, h):
             assign[m] = h
             alloc[h] += cap[m, h]
-    # c) hungry guns take, lowest alloc/weight first: unconnected idle modules, then idle
-    #    surplus of other guns, then claim loaded surplus of other guns (drained first)
-    # The three classes as lists in module order, so each gun's cursor walks only its class.
+    # c) the rest goes, class by class and strongest first, each module to the hungriest gun
+    #    (lowest alloc/weight) that can take it: unconnected idle modules, then idle surplus
+    #    of other guns, then loaded surplus of other guns (claimed: drained first, moved later)
     lists = np.empty((3, m_n), dtype=np.int64)
     counts = np.zeros(3, dtype=np.int64)
     for k in range(m_n):
         m = order[k]
-        if not usable[m]:
+        if not usable[m] or assign[m] >= 0:
             continue
         cls = 2 if locked[m] else (0 if home[m] < 0 else 1)
         lists[cls, counts[cls]] = m
         counts[cls] += 1
-    cursor = np.zeros((g_n, 3), dtype=np.int64)
-    exhausted = np.zeros(g_n, dtype=np.bool_)
-    while True:
-        best = -1
-        best_key = np.inf
-        for g in range(g_n):
-            if exhausted[g] or not _wants(alloc, tgt, volt, g):
-                continue
-            key = alloc[g] / weight[g]
-            if key < best_key:
-                best_key = key
-                best = g
-        if best < 0:
-            break
-        g = best
-        pick = -1
-        for cls in range(3):
-            while cursor[g, cls] < counts[cls]:
-                m = lists[cls, cursor[g, cls]]
-                if assign[m] < 0 and reach[m, g] and (
-                    cls == 0 or (cls == 1 and home[m] != g) or (cls == 2 and mgun[m] != g)
-                ):
-                    pick = m
-                    break
-                cursor[g, cls] += 1
-            if pick >= 0:
+    inv_w = np.empty(g_n)
+    hungry = np.zeros(g_n, dtype=np.bool_)
+    n_hungry = 0
+    for g in range(g_n):
+        inv_w[g] = 1.0 / weight[g]
+        hungry[g] = _wants(alloc, tgt, volt, g)
+        n_hungry += 1 if hungry[g] else 0
+    for cls in range(3):
+        for i in range(counts[cls]):
+            if n_hungry == 0:
                 break
-        if pick < 0:
-            exhausted[g] = True
-            continue
-        assign[pick] = g
-        alloc[g] += cap[pick, g]
+            m = lists[cls, i]
+            best = -1
+            best_key = np.inf
+            for g in range(g_n):
+                if hungry[g] and reach[m, g] and not (cls == 2 and mgun[m] == g):
+                    key = alloc[g] * inv_w[g]
+                    if key < best_key:
+                        best_key = key
+                        best = g
+            if best < 0:
+                continue
+            assign[m] = best
+            alloc[best] += cap[m, best]
+            if not _wants(alloc, tgt, volt, best):
+                hungry[best] = False
+                n_hungry -= 1
     short = False
     for g in range(g_n):
         if _wants(alloc, tgt, volt, g):
@@ -169,29 +164,30 @@ def _balance(tgt, weight, volt, cap, mgun, reach, locked, assign, alloc):  # typ
 
 
 @njit(cache=True)
-def _top2(m, cap, volt, reach, hungry, locked, mgun):  # type: ignore[no-untyped-def]
+def _top2(m, val, hmask):  # type: ignore[no-untyped-def]
     """(best gun, second gun, regret) of module m among the hungry guns; regret -1 if none.
 
+    ``val[m, g]`` is the power module m gives on gun g (-1 where it cannot go) and
+    ``hmask[g]`` is 1.0 while gun g is hungry, else 0.0: the scan has no unpredictable branch.
     Regret is what the module loses if it does not get its best gun; a module only one gun
     can use has that gun's whole value as regret, so it is placed first.
     """
     b1 = -1
     b2 = -1
-    v1 = -1.0
+    v1 = 0.0
     v2 = 0.0
-    for g in range(cap.shape[1]):
-        if not hungry[g] or not reach[m, g] or (locked[m] and mgun[m] == g):
-            continue
-        v = cap[m, g] * volt[g]
-        if v > v1:
-            b2 = b1
-            v2 = max(v1, 0.0)
-            b1 = g
-            v1 = v
-        elif v > v2:
-            b2 = g
-            v2 = v
-    if v1 <= 0.0:
+    for g in range(val.shape[1]):
+        v = val[m, g] * hmask[g]
+        if v > v2:
+            if v > v1:
+                b2 = b1
+                v2 = v1
+                b1 = g
+                v1 = v
+            else:
+                b2 = g
+                v2 = v
+    if b1 < 0:
         return b1, b2, -1.0
     return b1, b2, (v1 - v2 if v2 > 0.0 else v1)
 
@@ -287,8 +283,15 @@ def _assign_max_power(  # type: ignore[no-untyped-def]
         power += min(alloc[g], dem[g]) * volt[g]
     budget = smax * (1.0 - _MARGIN)
     hungry = np.zeros(g_n, dtype=np.bool_)
+    hmask = np.zeros(g_n)
     for g in range(g_n):
         hungry[g] = volt[g] > 0.0 and _wants(alloc, dem, volt, g)
+        hmask[g] = 1.0 if hungry[g] else 0.0
+    val = np.empty((m_n, g_n))  # power of module m on gun g; -1 where it cannot go
+    for m in range(m_n):
+        for g in range(g_n):
+            ok = reach[m, g] and volt[g] > 0.0 and not (locked[m] and mgun[m] == g)
+            val[m, g] = cap[m, g] * volt[g] if ok else -1.0
     rank = np.empty(m_n, dtype=np.int64)
     for k in range(m_n):
         rank[order[k]] = k
@@ -305,7 +308,7 @@ def _assign_max_power(  # type: ignore[no-untyped-def]
         for m in range(m_n):
             cand[m] = assign[m] < 0 and usable[m] and (locked[m] == (sweep == 1))
             if cand[m]:
-                b1[m], b2[m], r = _top2(m, cap, volt, reach, hungry, locked, mgun)
+                b1[m], b2[m], r = _top2(m, val, hmask)
                 ver[m] += 1
                 if r >= 0.0:
                     size = _heap_push(hk, hm, hv, size, rank, r, m, ver[m])
@@ -317,7 +320,7 @@ def _assign_max_power(  # type: ignore[no-untyped-def]
             if not hungry[b1[m]] or (b2[m] >= 0 and not hungry[b2[m]]):
                 # One of its two best guns filled up since: new regret, back in the heap.
                 # (Updated lazily, when it comes up, rather than for every module at once.)
-                b1[m], b2[m], r = _top2(m, cap, volt, reach, hungry, locked, mgun)
+                b1[m], b2[m], r = _top2(m, val, hmask)
                 ver[m] += 1
                 if r >= 0.0:
                     size = _heap_push(hk, hm, hv, size, rank, r, m, ver[m])
@@ -345,6 +348,7 @@ def _assign_max_power(  # type: ignore[no-untyped-def]
             power += (min(alloc[best], dem[best]) - before) * volt[best]
             if not _wants(alloc, dem, volt, best):
                 hungry[best] = False
+                hmask[best] = 0.0
 
 
 jit_cache.leave(_PREVIOUS_CACHE_DIR)

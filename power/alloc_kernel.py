@@ -279,11 +279,10 @@ def allocate_kernel(  # type: ignore[no-untyped-def]
     # slow: multiply by 1/V), and each gun's mean module current and the size of the pool
     # for the fair targets (accumulated without branches: reach is unpredictable).
     cap = np.empty((m_n, g_n))
-    inv_v = np.zeros(g_n)
+    inv_v = np.empty(g_n)  # 1/V with the margin; huge at 0 V (no power limit), branch-free
     dpos = np.zeros(g_n)
     for g in range(g_n):
-        if volt[g] > 0.0:
-            inv_v[g] = (1.0 - _MARGIN) / volt[g]
+        inv_v[g] = (1.0 - _MARGIN) / volt[g] if volt[g] > 0.0 else 1e300
         if dem[g] > 0.0:
             dpos[g] = 1.0
     csum = np.zeros(g_n)
@@ -291,15 +290,13 @@ def allocate_kernel(  # type: ignore[no-untyped-def]
     n_pool = 0.0
     for m in range(m_n):
         um = 1.0 if usable[m] else 0.0
+        a = mmax_a[m]
+        w = mmax_w[m]
         reached = 0.0
         for g in range(g_n):
-            c = mmax_a[m]
-            if inv_v[g] > 0.0:
-                by_power = mmax_w[m] * inv_v[g]
-                if by_power < c:
-                    c = by_power
+            c = min(a, w * inv_v[g])
             cap[m, g] = c
-            r = um * dpos[g] * (1.0 if reach[m, g] else 0.0)
+            r = um * dpos[g] * reach[m, g]
             csum[g] += c * r
             ccnt[g] += r
             reached += r
