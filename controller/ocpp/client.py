@@ -1,0 +1,255 @@
+"""The OCPP 2.0.1 ChargePoint: the handlers of the backend's CALLs.
+
+The ``ocpp`` package validates and routes; every handler here answers at once from the
+service's state (never awaiting a CALL of its own: follow-up messages go in ``@after``
+handlers or the queue). Malformed frames are answered with a CallError naming the problem
+(:meth:`OcppClient.route_message`), unsupported actions with NotImplemented/NotSupported by
+the library; no input crashes the receive loop.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, TypeVar, cast
+
+from ocpp import routing
+from ocpp.v201 import ChargePoint as _ChargePoint
+from ocpp.v201 import call_result
+
+from controller.ocpp.transactions import iso
+
+if TYPE_CHECKING:
+    from controller.ocpp.service import OcppService
+
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def on(action: str) -> Callable[[F], F]:
+    return cast(Callable[[F], F], routing.on(action))
+
+
+def after(action: str) -> Callable[[F], F]:
+    return cast(Callable[[F], F], routing.after(action))
+
+
+def _info(reason: str, text: str = "") -> dict[str, str]:
+    return {"reasonCode": reason, "additionalInfo": text[:512]} if text else {
+        "reasonCode": reason}
+
+
+class OcppClient(_ChargePoint):  # type: ignore[misc]
+    """One websocket session's ChargePoint; ``svc`` holds all state that outlives it."""
+
+    def __init__(self, station_id: str, ws: Any, svc: OcppService, timeout: float) -> None:
+        super().__init__(station_id, ws, response_timeout=timeout)
+        self.svc = svc
+
+    async def route_message(self, raw_msg: str) -> None:
+        """Malformed frames get a CallError (RpcFrameworkError/FormatViolation) naming the
+        fault instead of being dropped silently; everything else goes to the library."""
+        try:
+            msg = json.loads(raw_msg)
+        except (ValueError, TypeError) as exc:
+            await self._error("-1", "RpcFrameworkError", f"invalid JSON: {exc}")
+            return
+        if not isinstance(msg, list) or not msg or msg[0] not in (2, 3, 4):
+            await self._error("-1", "RpcFrameworkError",
+                              "not an OCPP-J message (expected [2|3|4, id, ...])")
+            return
+        uid = msg[1] if len(msg) > 1 and isinstance(msg[1], str) else "-1"
+        if msg[0] == 2 and (len(msg) != 4 or not isinstance(msg[1], str)
+                            or not isinstance(msg[2], str) or not isinstance(msg[3], dict)):
+            await self._error(uid, "FormatViolation",
+                              "CALL must be [2, \"<id>\", \"<Action>\", {payload}]")
+            return
+        try:
+            await super().route_message(raw_msg)
+        except Exception as exc:  # never let the receive loop die on input
+            self.svc.log.exception("handling a backend message failed", error=repr(exc))
+            if msg[0] == 2:
+                await self._error(uid, "InternalError", f"{type(exc).__name__}: {exc}")
+
+    async def _error(self, uid: str, code: str, text: str) -> None:
+        self.svc.log.warning("bad frame from backend", code=code, detail=text)
+        await self._send(json.dumps([4, uid, code, text, {}]))
+
+    # ------------------------------------------------------------------ device model (B05–B07)
+    @on("GetVariables")
+    def on_get_variables(self, get_variable_data: list[dict[str, Any]], **_: Any
+                         ) -> call_result.GetVariables:
+        out = []
+        for d in get_variable_data:
+            status, value = self.svc.dm.read(d["component"], d["variable"],
+                                             d.get("attribute_type"))
+            r = {"attributeStatus": status, "component": d["component"],
+                 "variable": d["variable"]}
+            if d.get("attribute_type"):
+                r["attributeType"] = d["attribute_type"]
+            if value is not None:
+                r["attributeValue"] = value
+            out.append(r)
+        return call_result.GetVariables(get_variable_result=out)
+
+    @on("SetVariables")
+    def on_set_variables(self, set_variable_data: list[dict[str, Any]], **_: Any
+                         ) -> call_result.SetVariables:
+        out = []
+        for d in set_variable_data:
+            status = self.svc.dm.write(d["component"], d["variable"], d["attribute_value"],
+                                       d.get("attribute_type"))
+            out.append({"attributeStatus": status, "component": d["component"],
+                        "variable": d["variable"]})
+        return call_result.SetVariables(set_variable_result=out)
+
+    @on("GetBaseReport")
+    def on_get_base_report(self, request_id: int, report_base: str, **_: Any
+                           ) -> call_result.GetBaseReport:
+        ok = report_base in ("ConfigurationInventory", "FullInventory")
+        return call_result.GetBaseReport(status="Accepted" if ok else "NotSupported")
+
+    @after("GetBaseReport")
+    async def after_get_base_report(self, request_id: int, report_base: str, **_: Any) -> None:
+        if report_base in ("ConfigurationInventory", "FullInventory"):
+            await self.svc.send_report(request_id, report_base)
+
+    @on("Reset")
+    def on_reset(self, type: str, evse_id: int | None = None, **_: Any) -> call_result.Reset:
+        if evse_id is not None:
+            return call_result.Reset(status="Rejected", status_info=_info(
+                "UnsupportedRequest", "reset of a single EVSE is not supported"))
+        busy = bool(self.svc.tx.open)
+        if type == "OnIdle" and busy:
+            self.svc.reset_pending = True
+            return call_result.Reset(status="Scheduled")
+        return call_result.Reset(status="Accepted")
+
+    @after("Reset")
+    async def after_reset(self, type: str, evse_id: int | None = None, **_: Any) -> None:
+        if evse_id is None and (type == "Immediate" or not self.svc.reset_pending):
+            await self.svc.reset(immediate=type == "Immediate")
+
+    # ------------------------------------------------------------------ transactions (F01–F06)
+    @on("RequestStartTransaction")
+    def on_request_start(self, id_token: dict[str, Any], remote_start_id: int,
+                         evse_id: int | None = None,
+                         charging_profile: dict[str, Any] | None = None, **_: Any
+                         ) -> call_result.RequestStartTransaction:
+        status, why, tx_id = self.svc.remote_start(id_token, remote_start_id, evse_id,
+                                                   charging_profile)
+        return call_result.RequestStartTransaction(
+            status=status, transaction_id=tx_id,
+            status_info=_info("InvalidValue", why) if why else None)
+
+    @on("RequestStopTransaction")
+    def on_request_stop(self, transaction_id: str, **_: Any
+                        ) -> call_result.RequestStopTransaction:
+        for g, tx in self.svc.tx.open.items():
+            if tx.tx_id == transaction_id:
+                self.svc.station.stop_charging(g, "Remote")
+                return call_result.RequestStopTransaction(status="Accepted")
+        return call_result.RequestStopTransaction(
+            status="Rejected", status_info=_info("TxNotFound", transaction_id))
+
+    @on("GetTransactionStatus")
+    def on_get_transaction_status(self, transaction_id: str | None = None, **_: Any
+                                  ) -> call_result.GetTransactionStatus:
+        queued = [m for m in self.svc.queue.all() if m.action == "TransactionEvent" and (
+            transaction_id is None
+            or m.payload["transactionInfo"]["transactionId"] == transaction_id)]
+        if transaction_id is None:
+            return call_result.GetTransactionStatus(messages_in_queue=bool(queued))
+        ongoing = any(t.tx_id == transaction_id for t in self.svc.tx.open.values())
+        return call_result.GetTransactionStatus(messages_in_queue=bool(queued),
+                                                ongoing_indicator=ongoing)
+
+    @on("TriggerMessage")
+    def on_trigger(self, requested_message: str, evse: dict[str, Any] | None = None, **_: Any
+                   ) -> call_result.TriggerMessage:
+        supported = ("BootNotification", "Heartbeat", "StatusNotification", "MeterValues",
+                     "TransactionEvent")
+        if requested_message not in supported:
+            return call_result.TriggerMessage(status="NotImplemented")
+        if requested_message == "BootNotification" and self.svc.boot_status == "Accepted":
+            return call_result.TriggerMessage(status="Rejected", status_info=_info(
+                "UnsupportedRequest", "boot already accepted"))
+        if evse is not None and not 1 <= evse["id"] <= self.svc.guns:
+            return call_result.TriggerMessage(status="Rejected",
+                                              status_info=_info("UnknownEvse"))
+        return call_result.TriggerMessage(status="Accepted")
+
+    @after("TriggerMessage")
+    async def after_trigger(self, requested_message: str, evse: dict[str, Any] | None = None,
+                            **_: Any) -> None:
+        await self.svc.triggered(requested_message, None if evse is None else evse["id"] - 1)
+
+    @on("UnlockConnector")
+    def on_unlock(self, evse_id: int, connector_id: int, **_: Any
+                  ) -> call_result.UnlockConnector:
+        if not 1 <= evse_id <= self.svc.guns or connector_id != 1:
+            return call_result.UnlockConnector(status="UnknownConnector")
+        if evse_id - 1 in self.svc.tx.open:
+            return call_result.UnlockConnector(status="OngoingAuthorizedTransaction")
+        return call_result.UnlockConnector(status="Unlocked")
+
+    @on("DataTransfer")
+    def on_data_transfer(self, vendor_id: str, **_: Any) -> call_result.DataTransfer:
+        return call_result.DataTransfer(status="UnknownVendorId")
+
+    @on("ClearCache")
+    def on_clear_cache(self, **_: Any) -> call_result.ClearCache:
+        self.svc.clear_auth_cache()
+        return call_result.ClearCache(status="Accepted")
+
+    # ------------------------------------------------------------------ smart charging (K01–K08)
+    @on("SetChargingProfile")
+    def on_set_profile(self, evse_id: int, charging_profile: dict[str, Any], **_: Any
+                       ) -> call_result.SetChargingProfile:
+        why = self.svc.profiles.validate(evse_id, charging_profile)
+        if why is not None:
+            return call_result.SetChargingProfile(status="Rejected",
+                                                  status_info=_info("InvalidProfile", why))
+        self.svc.profiles.install(evse_id, charging_profile)
+        self.svc.apply_limits()  # in force from the next control cycle
+        return call_result.SetChargingProfile(status="Accepted")
+
+    @on("ClearChargingProfile")
+    def on_clear_profile(self, charging_profile_id: int | None = None,
+                         charging_profile_criteria: dict[str, Any] | None = None, **_: Any
+                         ) -> call_result.ClearChargingProfile:
+        c = charging_profile_criteria or {}
+        if c.get("charging_profile_purpose") == "ChargingStationExternalConstraints":
+            return call_result.ClearChargingProfile(status="Unknown")
+        n = self.svc.profiles.clear(charging_profile_id, c.get("evse_id"),
+                                    c.get("charging_profile_purpose"), c.get("stack_level"))
+        self.svc.apply_limits()
+        return call_result.ClearChargingProfile(status="Accepted" if n else "Unknown")
+
+    @on("GetChargingProfiles")
+    def on_get_profiles(self, request_id: int, charging_profile: dict[str, Any],
+                        evse_id: int | None = None, **_: Any) -> call_result.GetChargingProfiles:
+        found = self.svc.find_profiles(charging_profile, evse_id)
+        return call_result.GetChargingProfiles(status="Accepted" if found else "NoProfiles")
+
+    @after("GetChargingProfiles")
+    async def after_get_profiles(self, request_id: int, charging_profile: dict[str, Any],
+                                 evse_id: int | None = None, **_: Any) -> None:
+        await self.svc.report_profiles(request_id, charging_profile, evse_id)
+
+    @on("GetCompositeSchedule")
+    def on_get_composite(self, duration: int, evse_id: int,
+                         charging_rate_unit: str | None = None, **_: Any
+                         ) -> call_result.GetCompositeSchedule:
+        if not 0 <= evse_id <= self.svc.guns:
+            return call_result.GetCompositeSchedule(status="Rejected",
+                                                    status_info=_info("UnknownEVSE"))
+        unit = charging_rate_unit or ("W" if evse_id == 0 else "A")
+        now = self.svc.wall().replace(microsecond=0)
+        periods = self.svc.profiles.composite(evse_id, now, duration, unit)
+        if not periods:
+            limit = self.svc.profiles.to_unit(self.svc.nameplate_w(evse_id), "W", unit, evse_id)
+            periods = [{"startPeriod": 0, "limit": round(limit, 1)}]
+        sched = {"evseId": evse_id, "duration": duration, "scheduleStart": iso(now),
+                 "chargingRateUnit": unit, "chargingSchedulePeriod": periods}
+        return call_result.GetCompositeSchedule(status="Accepted", schedule=sched)

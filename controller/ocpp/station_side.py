@@ -1,0 +1,370 @@
+"""The station-facing half of :class:`~controller.ocpp.service.OcppService`: station events
+→ TransactionEvents and StatusNotifications, authorization (C01, offline rules, cache),
+remote start/stop, triggers, reset, reports, limits for the control cycle."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import sqlite3
+from collections.abc import Callable
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+from ocpp.v201 import call
+
+from controller.limits import STATION
+from controller.ocpp.device_model import DeviceModel
+from controller.ocpp.queue import MessageQueue
+from controller.ocpp.smart_charging import Profiles
+from controller.ocpp.transactions import Transactions, iso, meter_value
+from controller.records import GunRecord
+from controller.session import ENERGY_STATES, GunState
+
+if TYPE_CHECKING:
+    from controller.ocpp.client import OcppClient
+
+_STATE = {GunState.CHARGING: "Charging", GunState.SUSPENDED_EV: "SuspendedEV",
+          GunState.SUSPENDED_EVSE: "SuspendedEVSE"}
+_TIMING = ("PowerPathClosed", "EnergyTransfer")
+
+
+class StationSide:
+    db: sqlite3.Connection
+    dm: DeviceModel
+    queue: MessageQueue
+    tx: Transactions
+    profiles: Profiles
+    station: Any
+    cp: OcppClient | None
+    online: bool
+    guns: int
+    max_w: float
+    gun_cfg: Any
+    last: list[GunRecord | None]
+    remote: dict[int, tuple[str, int, dict[str, Any] | None]]
+    reset_pending: bool
+    boot_status: str | None
+    boot_reason: str
+    log: Any
+    wall: Callable[[], datetime]
+    _last_grid: float | None
+    _aligned_slot: float | None
+    _ws: Any
+    _remote_ids: dict[int, int]
+    _remote_profiles: dict[int, dict[str, Any]]
+    _remote_until: dict[int, float]
+
+    def put(self, action: str, payload: dict[str, Any]) -> None: ...
+    def spawn(self, coro: Any) -> None: ...
+    def _send_status(self, g: int) -> None: ...
+    def _m(self, name: str) -> list[str]:
+        raise NotImplementedError
+    def security_event(self, kind: str, info: str = "") -> None: ...
+    async def boot_once(self, cp: OcppClient) -> int:
+        raise NotImplementedError
+    async def _status(self, cp: OcppClient, g: int) -> None: ...
+
+    # ------------------------------------------------------------------ station events
+    def on_event(self, ev: Any) -> None:
+        """The station observer: never blocks (SQLite writes of a few rows at most)."""
+        kind = ev.kind
+        if kind == "cycle":
+            self._on_cycle(ev.record)
+            return
+        if kind == "meter_sample":
+            self._on_sample(ev.gun, ev.t, ev.record)
+            return
+        g = ev.gun
+        start = self.dm.members("TxCtrlr", "TxStartPoint")
+        stop = self.dm.members("TxCtrlr", "TxStopPoint")
+        rec = self.last[g]
+        begin = self._m("TxStartedMeasurands")
+        if kind == "state_changed":
+            if ev.previous is None or ev.state.ocpp201 != ev.previous.ocpp201:
+                self._send_status(g)
+            if ev.state is GunState.PREPARING and "EVConnected" in start and g not in self.tx.open:
+                self._start(g, "CablePluggedIn", "EVConnected", None)
+            elif ev.state in _STATE and ev.previous in ENERGY_STATES:
+                self.tx.update(g, "ChargingStateChanged", state=_STATE[ev.state])
+            elif (ev.state is GunState.FINISHING and g in self.tx.open
+                  and self.tx.open[g].charging_state != "EVConnected"):
+                self.tx.update(g, "ChargingStateChanged", state="EVConnected")
+            elif ev.state in (GunState.AVAILABLE, GunState.FAULTED) and g in self.tx.open:
+                reason = ev.reason if ev.state is GunState.AVAILABLE else "Other"
+                self._end(g, reason if reason in ("EVDisconnected", "Local", "Remote",
+                                                  "StoppedByEV", "Timeout", "DeAuthorized")
+                          else ("EVDisconnected" if ev.state is GunState.AVAILABLE else reason))
+        elif kind == "authorized":
+            if g in self.tx.open:
+                self.tx.update(g, "Authorized", id_token=ev.id_token)
+            elif "Authorized" in start:
+                self._start(g, "RemoteStart" if g in self._remote_ids else "Authorized",
+                            "EVConnected", ev.id_token)
+        elif kind == "charging_started":
+            if g not in self.tx.open:
+                self._start(g, "ChargingStateChanged", "Charging", ev.id_token)
+            else:
+                self.tx.update(g, "ChargingStateChanged", state="Charging")
+        elif kind == "charging_stopped":
+            if any(p in stop for p in _TIMING) or "Authorized" in stop:
+                self._end(g, ev.reason)
+            else:
+                self.tx.update(g, "ChargingStateChanged", state="EVConnected", rec=rec,
+                               measurands=begin, context="Sample.Periodic")
+        self._kick_sender()
+
+    def _kick_sender(self) -> None:
+        notify = getattr(self, "notify", None)
+        if notify is not None:
+            notify()
+
+    def _start(self, g: int, trigger: str, state: str, token: str | None) -> None:
+        rid = self._remote_ids.pop(g, None)
+        tx = self.tx.start(g, trigger if rid is None else "RemoteStart", state, self.last[g],
+                           self._m("TxStartedMeasurands"), id_token=token, remote_start_id=rid)
+        tx.last_sample_t = self.station.clock()  # sampling interval counts from the start
+        self.profiles.tx[g + 1] = (tx.tx_id, self.wall().replace(microsecond=0))
+        pending = self._remote_profiles.pop(g, None)
+        if pending is not None:
+            pending = {**pending, "transaction_id": tx.tx_id}
+            if self.profiles.validate(g + 1, pending) is None:
+                self.profiles.install(g + 1, pending)
+                self.apply_limits()
+
+    def _end(self, g: int, reason: str | None) -> None:
+        self.tx.end(g, reason, self.last[g], self._m("TxEndedMeasurands"))
+        self.profiles.tx_ended(g + 1)
+        self.apply_limits()
+        if self.reset_pending and not self.tx.open:
+            self.reset_pending = False
+            self.spawn(self.reset(immediate=False))
+
+    def _on_sample(self, g: int, t: float, rec: GunRecord) -> None:
+        self.last[g] = rec
+        if math.isfinite(rec.voltage_v) and rec.voltage_v > 50.0:
+            self.profiles.voltage[g] = rec.voltage_v
+        tx = self.tx.open.get(g)
+        interval = self.dm.num("SampledDataCtrlr", "TxUpdatedInterval")
+        if tx is None or interval <= 0 or not self.dm.flag("SampledDataCtrlr", "Enabled"):
+            return
+        if not math.isfinite(tx.last_sample_t):
+            tx.last_sample_t = t
+        elif t - tx.last_sample_t >= interval - 1e-9:
+            tx.last_sample_t = t
+            self.tx.update(g, "MeterValuePeriodic", rec=rec,
+                           measurands=self._m("TxUpdatedMeasurands"))
+            self._kick_sender()
+
+    def _on_cycle(self, record: Any) -> None:
+        self.apply_limits()
+        interval = self.dm.num("AlignedDataCtrlr", "Interval")
+        if interval > 0 and self.dm.flag("AlignedDataCtrlr", "Enabled"):
+            slot = math.floor(self.wall().timestamp() / interval)
+            if self._aligned_slot is not None and slot != self._aligned_slot:
+                for g in list(self.tx.open):
+                    self.tx.update(g, "MeterValueClock", rec=self.last[g],
+                                   measurands=self._m("Measurands"), context="Sample.Clock")
+                self._kick_sender()
+            self._aligned_slot = slot
+        self._grid_limit()
+
+    def _grid_limit(self) -> None:
+        """K12: a grid limit from the energy manager that changes the station's capability."""
+        if self.station is None:
+            return
+        lim = self.station.limits.get(STATION, "grid")
+        active = lim is not None and lim.active(self.station.clock())
+        value = min(lim.value, self.max_w) if lim is not None and active else None
+        old = self._last_grid
+        sig = self.dm.num("SmartChargingCtrlr", "LimitChangeSignificance")
+        changed = (old is None) != (value is None) or (
+            value is not None and old is not None and abs(value - old) > sig * self.max_w)
+        if not changed:
+            return
+        self._last_grid = value
+        if value is None and old is None:
+            return
+        self.put("NotifyChargingLimit", {"chargingLimit": {"chargingLimitSource": "EMS",
+                                                           "isGridCritical": True}})
+
+    def apply_limits(self) -> None:
+        if self.station is not None:
+            self.profiles.apply(self.station.limits, self.station.clock(), self.wall())
+
+    def nameplate_w(self, evse: int) -> float:
+        if evse == 0:
+            return self.max_w
+        g = self.gun_cfg[evse - 1]
+        return float(min(self.max_w, g.cable_rating_a * g.max_voltage_v))
+
+    # ------------------------------------------------------------------ authorization (C01)
+    async def authorize(self, g: int, token: str | None) -> bool:
+        """The station's authorizer: remote start, local pre-authorization, Authorize,
+        then the offline rules (cache, OfflineTxForUnknownIdEnabled)."""
+        remote = self.remote.pop(g, None)
+        if remote is not None and self.wall().timestamp() > self._remote_until.pop(g, 0.0):
+            self.log.info("remote start expired (EVConnectionTimeOut)", gun=g)
+            remote = None
+        if remote is not None:
+            self._remote_ids[g] = remote[1]
+            if remote[2] is not None:
+                self._remote_profiles[g] = remote[2]
+            return True
+        if not token:
+            return False
+        cached = self._cached(token)
+        if cached == "Accepted" and self.dm.flag("AuthCtrlr", "LocalPreAuthorize"):
+            return True
+        cp = self.cp
+        if cp is not None and self.online:
+            try:
+                r = await cp.call(call.Authorize(id_token={"id_token": token,
+                                                           "type": "Central"}), suppress=False)
+                status = str(r.id_token_info["status"])
+                self._cache(token, status)
+                return status == "Accepted"
+            except Exception as exc:
+                self.log.warning("Authorize failed: offline rules apply", error=repr(exc)[:200])
+        if cached is not None and self.dm.flag("AuthCtrlr", "LocalAuthorizeOffline"):
+            return cached == "Accepted"
+        return self.dm.flag("AuthCtrlr", "OfflineTxForUnknownIdEnabled")
+
+    def _cached(self, token: str) -> str | None:
+        if not self.dm.flag("AuthCacheCtrlr", "Enabled"):
+            return None
+        row = self.db.execute("SELECT status, expires FROM auth_cache WHERE token = ?",
+                              (token,)).fetchone()
+        if row is None or row[1] < self.wall().timestamp():
+            return None
+        return str(row[0])
+
+    def _cache(self, token: str, status: str) -> None:
+        if self.dm.flag("AuthCacheCtrlr", "Enabled"):
+            life = self.dm.num("AuthCacheCtrlr", "LifeTime")
+            with self.db:
+                self.db.execute("INSERT OR REPLACE INTO auth_cache VALUES (?, ?, ?)",
+                                (token, status, self.wall().timestamp() + life))
+
+    def clear_auth_cache(self) -> None:
+        with self.db:
+            self.db.execute("DELETE FROM auth_cache")
+
+    # ------------------------------------------------------------------ backend requests
+    def remote_start(self, id_token: dict[str, Any], remote_id: int, evse_id: int | None,
+                     profile: dict[str, Any] | None) -> tuple[str, str, str | None]:
+        """F01/F02 (and K05): (status, reason if rejected, running transactionId)."""
+        if profile is not None and profile.get("charging_profile_purpose") != "TxProfile":
+            return "Rejected", "chargingProfile must be a TxProfile", None
+        guns = [evse_id - 1] if evse_id is not None else sorted(
+            range(self.guns), key=lambda x: self.station.sessions[x].state is not
+            GunState.PREPARING)
+        for g in guns:
+            if not 0 <= g < self.guns:
+                return "Rejected", f"unknown EVSE {evse_id}", None
+            state = self.station.sessions[g].state
+            if g in self.tx.open and self.tx.open[g].id_token:
+                continue
+            if state is GunState.PREPARING:
+                self._remote_ids[g] = remote_id
+                if profile is not None:
+                    self._remote_profiles[g] = profile
+                self.station.set_authorization(g, True)
+            elif state is GunState.AVAILABLE:
+                self.remote[g] = (str(id_token["id_token"]), remote_id, profile)
+                self._remote_until[g] = self.wall().timestamp() + self.dm.num(
+                    "TxCtrlr", "EVConnectionTimeOut")
+            else:
+                continue
+            tx = self.tx.open.get(g)
+            return "Accepted", "", tx.tx_id if tx else None
+        return "Rejected", "no EVSE free for a remote start", None
+
+    async def triggered(self, what: str, g: int | None) -> None:
+        cp = self.cp
+        if cp is None:
+            return
+        guns = [g] if g is not None else list(range(self.guns))
+        if what == "Heartbeat":
+            await cp.call(call.Heartbeat(), suppress=False)
+        elif what == "StatusNotification":
+            for x in guns:
+                await self._status(cp, x)
+        elif what == "BootNotification":
+            self.boot_reason = "Triggered"
+            await self.boot_once(cp)
+        elif what == "TransactionEvent":
+            for x in guns:
+                self.tx.update(x, "Trigger", rec=self.last[x],
+                               measurands=self._m("TxUpdatedMeasurands"))
+            self._kick_sender()
+        elif what == "MeterValues":
+            for x in guns:
+                if self.last[x] is None:
+                    continue
+                mv = meter_value(self.last[x], self._m("TxUpdatedMeasurands"), "Trigger",
+                                 iso(self.wall()), energy_wh=0.0)
+                if mv:
+                    await cp.call(call.MeterValues(evse_id=x + 1, meter_value=mv),
+                                  suppress=False)
+
+    async def reset(self, immediate: bool) -> None:
+        """B11/B12: end the transactions (ImmediateReset), then restart the OCPP services:
+        reconnect and boot again with reason RemoteReset."""
+        for g in list(self.tx.open):
+            self.station.stop_charging(g, "ImmediateReset")
+        for _ in range(100):
+            if not self.tx.open:
+                break
+            await asyncio.sleep(0.05)
+        for g in list(self.tx.open):  # the station did not report the end: end it here
+            self._end(g, "ImmediateReset")
+        self.security_event("ResetOrReboot", "Reset " + ("Immediate" if immediate else "OnIdle"))
+        self.boot_status, self.boot_reason = None, "RemoteReset"
+        if self._ws is not None:
+            await self._ws.close()
+
+    async def send_report(self, request_id: int, base: str) -> None:
+        """B07: NotifyReport in parts of ItemsPerMessage (tbc on all but the last)."""
+        cp = self.cp
+        if cp is None:
+            return
+        data = self.dm.report(base)
+        n = int(self.dm.num("DeviceDataCtrlr", "ItemsPerMessage", "GetReport"))
+        parts = [data[i:i + n] for i in range(0, len(data), n)] or [[]]
+        for seq, part in enumerate(parts):
+            await cp.call(call.NotifyReport(
+                request_id=request_id, generated_at=iso(self.wall()), seq_no=seq,
+                report_data=part, tbc=seq < len(parts) - 1), suppress=False)
+
+    def find_profiles(self, crit: dict[str, Any], evse: int | None) -> list[tuple[int, dict[
+            str, Any]]]:
+        ids = crit.get("charging_profile_id")
+        out = []
+        for pid, (e, p) in sorted(self.profiles.items.items()):
+            if evse is not None and e != evse:
+                continue
+            if ids and pid not in ids:
+                continue
+            if crit.get("charging_profile_purpose") not in (None, p["charging_profile_purpose"]):
+                continue
+            if crit.get("stack_level") not in (None, p["stack_level"]):
+                continue
+            if crit.get("charging_limit_source") and "CSO" not in crit["charging_limit_source"]:
+                continue
+            out.append((e, p))
+        return out
+
+    async def report_profiles(self, request_id: int, crit: dict[str, Any],
+                              evse: int | None) -> None:
+        cp = self.cp
+        found = self.find_profiles(crit, evse)
+        if cp is None or not found:
+            return
+        evses = sorted({e for e, _ in found})
+        for i, e in enumerate(evses):
+            await cp.call(call.ReportChargingProfiles(
+                request_id=request_id, charging_limit_source="CSO", evse_id=e,
+                charging_profile=[p for x, p in found if x == e], tbc=i < len(evses) - 1),
+                suppress=False)
+

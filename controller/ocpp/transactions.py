@@ -1,0 +1,162 @@
+"""TransactionEvent messages (E01–E14): ids, ``seqNo``, trigger reasons, meter values.
+
+Open transactions live in the ``tx`` table of the OCPP database with their next ``seqNo``;
+each event is built, its seqNo taken and the message put into the offline queue in *one*
+SQLite transaction, so numbering stays gap-free across a restart of the controller.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sqlite3
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from controller.ocpp.queue import MessageQueue
+from controller.records import GunRecord
+
+#: Station stop reason → (triggerReason, stoppedReason) of the Ended event.
+STOP_MAP: dict[str, tuple[str, str]] = {
+    "EVDisconnected": ("EVCommunicationLost", "EVDisconnected"),
+    "StoppedByEV": ("ChargingStateChanged", "StoppedByEV"),
+    "EmergencyStop": ("AbnormalCondition", "EmergencyStop"),
+    "Local": ("StopAuthorized", "Local"),
+    "Remote": ("RemoteStop", "Remote"),
+    "Timeout": ("EVCommunicationLost", "Timeout"),
+    "ImmediateReset": ("ResetCommand", "ImmediateReset"),
+    "Reboot": ("AbnormalCondition", "Reboot"),
+    "PowerLoss": ("AbnormalCondition", "PowerLoss"),
+    "DeAuthorized": ("Deauthorized", "DeAuthorized"),
+}
+UNITS = {"Energy.Active.Import.Register": "Wh", "Power.Active.Import": "W",
+         "Current.Import": "A", "Voltage": "V", "SoC": "Percent"}
+
+
+def stop_reasons(reason: str | None) -> tuple[str, str]:
+    if reason and reason.startswith("emergency"):
+        return STOP_MAP["EmergencyStop"]
+    return STOP_MAP.get(reason or "", ("AbnormalCondition", "Other"))
+
+
+def iso(t: datetime) -> str:
+    return t.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def meter_value(rec: GunRecord | None, measurands: list[str], context: str,
+                ts: str, energy_wh: float | None = None) -> list[dict[str, Any]]:
+    """One MeterValue of the gun's DC meter (NaN / missing readings are left out)."""
+    values = {"Energy.Active.Import.Register": energy_wh if rec is None else rec.energy_wh}
+    if rec is not None:
+        values |= {"Power.Active.Import": rec.power_w, "Current.Import": rec.current_a,
+                   "Voltage": rec.voltage_v, "SoC": rec.soc_pct}
+    sampled = []
+    for m in measurands:
+        v = values.get(m)
+        if v is None or not math.isfinite(v):
+            continue
+        sampled.append({"value": round(float(v), 3), "context": context, "measurand": m,
+                        "location": "Outlet", "unitOfMeasure": {"unit": UNITS[m]}})
+    return [{"timestamp": ts, "sampledValue": sampled}] if sampled else []
+
+
+@dataclass(slots=True)
+class Tx:
+    gun: int
+    tx_id: str
+    seq: int = 0
+    id_token: str | None = None
+    id_sent: bool = False
+    remote_start_id: int | None = None
+    charging_state: str = "EVConnected"
+    energy_wh: float = 0.0
+    last_sample_t: float = -math.inf
+
+
+class Transactions:
+    """The open transaction of each gun and the events that tell the backend about it."""
+
+    def __init__(self, db: sqlite3.Connection, queue: MessageQueue,
+                 wall: Callable[[], datetime], online: Callable[[], bool]) -> None:
+        self.db, self.queue, self.wall, self.online = db, queue, wall, online
+        db.execute("CREATE TABLE IF NOT EXISTS tx (gun INTEGER PRIMARY KEY, data TEXT)")
+        db.commit()
+        self.open: dict[int, Tx] = {}
+        for gun, data in db.execute("SELECT gun, data FROM tx"):
+            self.open[int(gun)] = Tx(**json.loads(data))
+
+    def _save(self, tx: Tx | None, gun: int) -> None:
+        if tx is None:
+            self.db.execute("DELETE FROM tx WHERE gun = ?", (gun,))
+        else:
+            fields = {k: getattr(tx, k) for k in Tx.__slots__}
+            fields["last_sample_t"] = None if not math.isfinite(tx.last_sample_t) else \
+                tx.last_sample_t
+            self.db.execute("INSERT OR REPLACE INTO tx VALUES (?, ?)", (gun, json.dumps(fields)))
+
+    def _emit(self, tx: Tx, event: str, trigger: str, *, ended: Tx | None = None,
+              meter: list[dict[str, Any]] | None = None, stopped: str | None = None,
+              extra: dict[str, Any] | None = None) -> dict[str, Any]:
+        info: dict[str, Any] = {"transactionId": tx.tx_id, "chargingState": tx.charging_state}
+        if stopped:
+            info["stoppedReason"] = stopped
+        if tx.remote_start_id is not None and event == "Started":
+            info["remoteStartId"] = tx.remote_start_id
+        payload: dict[str, Any] = {
+            "eventType": event, "timestamp": iso(self.wall()), "triggerReason": trigger,
+            "seqNo": tx.seq, "transactionInfo": info, "evse": {"id": tx.gun + 1,
+                                                                "connectorId": 1}}
+        if not self.online():
+            payload["offline"] = True
+        if tx.id_token and not tx.id_sent:
+            payload["idToken"] = {"idToken": tx.id_token, "type": "Central"}
+            tx.id_sent = True
+        if meter:
+            payload["meterValue"] = meter
+        payload |= extra or {}
+        tx.seq += 1
+        self.queue.put("TransactionEvent", payload,
+                       also=lambda: self._save(None if ended else tx, tx.gun))
+        return payload
+
+    def start(self, gun: int, trigger: str, state: str, rec: GunRecord | None,
+              measurands: list[str], id_token: str | None = None,
+              remote_start_id: int | None = None, tx_id: str | None = None) -> Tx:
+        tx = Tx(gun, tx_id or str(uuid.uuid4()), id_token=id_token, charging_state=state,
+                remote_start_id=remote_start_id,
+                energy_wh=rec.energy_wh if rec is not None else 0.0)
+        self.open[gun] = tx
+        ts = iso(self.wall())
+        self._emit(tx, "Started", trigger, meter=meter_value(rec, measurands,
+                                                              "Transaction.Begin", ts))
+        return tx
+
+    def update(self, gun: int, trigger: str, *, state: str | None = None,
+               rec: GunRecord | None = None, measurands: list[str] | None = None,
+               context: str = "Sample.Periodic", id_token: str | None = None
+               ) -> dict[str, Any] | None:
+        tx = self.open.get(gun)
+        if tx is None:
+            return None
+        if state is not None:
+            tx.charging_state = state
+        if id_token and id_token != tx.id_token:
+            tx.id_token, tx.id_sent = id_token, False
+        if rec is not None and math.isfinite(rec.energy_wh):
+            tx.energy_wh = rec.energy_wh
+        meter = meter_value(rec, measurands or [], context, iso(self.wall())) if rec else None
+        return self._emit(tx, "Updated", trigger, meter=meter)
+
+    def end(self, gun: int, reason: str | None, rec: GunRecord | None, measurands: list[str],
+            trigger: str | None = None) -> dict[str, Any] | None:
+        tx = self.open.pop(gun, None)
+        if tx is None:
+            return None
+        trig, stopped = stop_reasons(reason)
+        tx.charging_state = "EVConnected" if reason not in ("EVDisconnected",) else "Idle"
+        meter = meter_value(rec, measurands, "Transaction.End", iso(self.wall()),
+                            energy_wh=tx.energy_wh)
+        return self._emit(tx, "Ended", trigger or trig, ended=tx, meter=meter, stopped=stopped)
