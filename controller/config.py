@@ -20,6 +20,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from controller.mqtt import MqttConfig
+from controller.ocpp.config import OcppConfig
 from power.modbus_base import DeviceEndpoint, LinkSettings
 from power.modbus_driver import HardwareConfig
 
@@ -119,6 +120,7 @@ class StationConfig(_Model):
     matrix: MatrixConfig = MatrixConfig()
     hardware: HardwareLayout = HardwareLayout()
     mqtt: MqttConfig | None = None  # grid limits in, telemetry out (docs/mqtt.md); off if absent
+    ocpp: OcppConfig | None = None  # the operator's backend (docs/ocpp.md); off if absent
 
     @model_validator(mode="after")
     def _reach_fits(self) -> StationConfig:

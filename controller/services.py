@@ -1,7 +1,8 @@
 """The station's services around the control cycle, run together until asked to stop.
 
-``mwc run`` (and the demo) start the station and, when configured, the MQTT side: grid
-limits into the station's LimitBook and telemetry/events out. Each service is a task; the
+``mwc run`` (and the demo) start the station and, when configured, the OCPP 2.0.1 client
+(transactions, remote commands, charging profiles into the LimitBook) and the MQTT side
+(grid limits into the LimitBook, telemetry and events out). Each service is a task; the
 control cycle never waits on any of them (they exchange data through the LimitBook and the
 station's observer list only), and a failing service is logged without stopping the cycle.
 """
@@ -49,15 +50,40 @@ async def _guard(name: str, coro: Coroutine[Any, Any, None]) -> None:
         log.exception("service_failed")
 
 
+def ocpp_service(station: Station, cfg: StationConfig) -> Any:
+    """The OCPP 2.0.1 client attached to ``station`` (observer + authorizer); None when off.
+
+    Must be attached before the station runs, so no session starts unobserved.
+    """
+    if cfg.ocpp is None:
+        return None
+    from controller.ocpp.service import OcppService
+
+    svc = OcppService(cfg.ocpp, cfg)
+    svc.attach(station)
+    return svc
+
+
 async def run_services(station: Station, cfg: StationConfig, stop: asyncio.Event) -> None:
-    """Run the station's cycle loop and its services until ``stop`` is set."""
+    """Run the station's cycle loop and its services until ``stop`` is set.
+
+    On the way out the OCPP client ends the transactions still open (queued for the backend,
+    sent on the next start) and closes its database.
+    """
+    ocpp = ocpp_service(station, cfg)
     extra = mqtt_services(station, cfg)
+    if ocpp is not None:
+        extra.append(("ocpp", ocpp.run()))
     tasks = [asyncio.create_task(_guard(name, coro)) for name, coro in extra]
     try:
         await station.run(stop)
     finally:
+        if ocpp is not None:
+            ocpp.stop()
         for t in tasks:
             t.cancel()
         for t in tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await t
+        if ocpp is not None:
+            await ocpp.close()

@@ -56,3 +56,25 @@ async def test_run_services_without_mqtt_runs_the_cycle_until_stopped(tmp_path: 
         await asyncio.sleep(0.05)
         stop.set()
         await asyncio.wait_for(task, 10)
+
+
+async def test_run_services_boots_the_ocpp_client_and_closes_it(tmp_path: Path) -> None:
+    from tests.ocpp_fixtures import Backend, ocpp_config
+
+    backend = Backend()
+    await backend.start()
+    try:
+        async with rig([small_truck("A")], modules=4) as r:
+            cfg = r.station.config.model_copy(
+                update={"ocpp": ocpp_config(tmp_path, backend.port, security_profile=0,
+                                            password=None)}
+            )
+            stop = asyncio.Event()
+            task = asyncio.create_task(run_services(r.station, cfg, stop))
+            await backend.wait_for(lambda: bool(backend.of("StatusNotification")), 15)
+            assert backend.of("BootNotification")
+            assert r.station.authorizer is not None  # the client answers authorizations
+            stop.set()
+            await asyncio.wait_for(task, 15)
+    finally:
+        await backend.stop()
