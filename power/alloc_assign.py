@@ -287,11 +287,14 @@ def _assign_max_power(  # type: ignore[no-untyped-def]
     for g in range(g_n):
         hungry[g] = volt[g] > 0.0 and _wants(alloc, dem, volt, g)
         hmask[g] = 1.0 if hungry[g] else 0.0
-    val = np.empty((m_n, g_n))  # power of module m on gun g; -1 where it cannot go
+    # Power of module m on gun g; -1 where it cannot go (0 at 0 V: never chosen). Built
+    # without branches (reach is unpredictable), then a loaded module's own gun is excluded.
+    val = np.empty((m_n, g_n))
     for m in range(m_n):
         for g in range(g_n):
-            ok = reach[m, g] and volt[g] > 0.0 and not (locked[m] and mgun[m] == g)
-            val[m, g] = cap[m, g] * volt[g] if ok else -1.0
+            val[m, g] = (cap[m, g] * volt[g] + 1.0) * reach[m, g] - 1.0
+        if locked[m] and mgun[m] >= 0:
+            val[m, mgun[m]] = -1.0
     rank = np.empty(m_n, dtype=np.int64)
     for k in range(m_n):
         rank[order[k]] = k
