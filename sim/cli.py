@@ -67,6 +67,10 @@ def register(sub: Any) -> None:
 
     grid.register(sim_subparsers())
 
+    from sim.demo.cli import register_sim_run  # the demo's scenarios: mwc sim run
+
+    register_sim_run(sim_subparsers())
+
 
 async def _serve(args: argparse.Namespace) -> int:
     from controller import logs
