@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 from controller import logs
@@ -20,9 +20,11 @@ from controller.station import Station
 
 
 def mqtt_services(
-    station: Station, cfg: StationConfig
+    station: Station, cfg: StationConfig,
+    unsubscribe: list[Callable[[], None]] | None = None,
 ) -> list[tuple[str, Coroutine[Any, Any, None]]]:
-    """Grid limit source and telemetry publisher for ``station``; none when MQTT is off."""
+    """Grid limit source and telemetry publisher for ``station``; none when MQTT is off.
+    The telemetry observer's remover goes into ``unsubscribe`` (for a restart)."""
     if cfg.mqtt is None:
         return []
     from controller.grid import GridLimitSource
@@ -35,7 +37,9 @@ def mqtt_services(
         station.limits, conn, fallback_w=cfg.station.fallback_grid_kw * 1000.0,
         events=telemetry, mono=station.clock,  # expiries on the clock the cycle reads
     )
-    station.subscribe(telemetry.observe)
+    off = station.subscribe(telemetry.observe)
+    if unsubscribe is not None:
+        unsubscribe.append(off)
     return [("mqtt", conn.run()), ("telemetry", telemetry.run()), ("grid", grid.run())]
 
 
@@ -68,11 +72,34 @@ async def run_services(station: Station, cfg: StationConfig, stop: asyncio.Event
     """Run the station's cycle loop and its services until ``stop`` is set.
 
     On the way out the OCPP client ends the transactions still open (queued for the backend,
-    sent on the next start) and closes its database.
+    sent on the next start) and closes its database. An OCPP Reset (B11/B12) restarts them:
+    the client ends the transactions and calls its ``on_reset``; the cycle loop stops, the
+    services are closed, the station is restarted in place (``Station.restart``: setpoints
+    0, contactors opened at low current, fresh state) and everything starts again (the
+    client boots with reason RemoteReset). The caller still owns ``station`` and closes it.
     """
+    log = logs.get_logger("controller.services", station=cfg.station.id)
+    while True:
+        reset = asyncio.Event()
+        await _run_once(station, cfg, stop, reset)
+        if stop.is_set() or not reset.is_set():
+            return
+        log.warning("OCPP Reset: restarting the station and its services")
+        await station.restart()
+
+
+async def _run_once(station: Station, cfg: StationConfig, stop: asyncio.Event,
+                    reset: asyncio.Event) -> None:
+    """One life of the services: until ``stop``, or until a Reset sets ``reset``."""
     ocpp = ocpp_service(station, cfg)
-    extra = mqtt_services(station, cfg)
+    unsubscribe: list[Callable[[], None]] = []
+    extra = mqtt_services(station, cfg, unsubscribe)
     if ocpp is not None:
+        def on_reset() -> None:
+            reset.set()
+            station.stop()  # the cycle loop ends after the current cycle
+
+        ocpp.on_reset = on_reset
         extra.append(("ocpp", ocpp.run()))
     tasks = [asyncio.create_task(_guard(name, coro)) for name, coro in extra]
     try:
@@ -85,5 +112,7 @@ async def run_services(station: Station, cfg: StationConfig, stop: asyncio.Event
         for t in tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await t
+        for off in unsubscribe:
+            off()
         if ocpp is not None:
             await ocpp.close()

@@ -193,7 +193,8 @@ def step(s: GunSession, inp: GunInputs, now: float, timing: SessionTiming
     if state is GunState.PREPARING:
         if inp.stop is not None:
             return s, ev
-        ok = True if timing.free_charging else inp.auth
+        # an explicit refusal (also: an inoperative gun) wins over free charging
+        ok = True if timing.free_charging and inp.auth is not False else inp.auth
         if ok:
             ev.append(SessionEvent("authorized", s.gun, now, state, None,
                                    "free charging" if timing.free_charging else None, s.id_token))

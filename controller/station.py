@@ -102,25 +102,32 @@ class Station:
         self.limits = limits or LimitBook()
         install_static_limits(self.limits, config)
         self.authorizer = authorizer
-        self.safety = SafetyMonitor(self.params,
-                                    fault_cycles=config.station.violation_fault_cycles)
         g_n = self.params.guns
-        self.sessions: tuple[GunSession, ...] = tuple(GunSession(g) for g in range(g_n))
-        self.memory = CycleMemory()
         self.seq = 0
-        self.last_record: CycleRecord | None = None
         self.overruns = 0
+        self.restarts = 0
         self.log = logs.get_logger("controller.station", station=config.station.id)
         self._observers: list[Observer] = []
-        self._auth: list[bool | None] = [None] * g_n
-        self._stops: list[str | None] = [None] * g_n
         self._faults: list[str | None] = [None] * g_n
-        self._clear: list[bool] = [False] * g_n
-        self._cuts: frozenset[int] = frozenset()
+        self._unavailable: list[bool] = [False] * g_n  # OCPP Inoperative, kept on restart
         self._emergency: str | None = None
         self._wake = asyncio.Event()
-        self._stopping = False
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._fresh()
+
+    def _fresh(self) -> None:
+        """The state a controller start begins with (also after ``restart``)."""
+        g_n = self.params.guns
+        self.safety = SafetyMonitor(self.params,
+                                    fault_cycles=self.config.station.violation_fault_cycles)
+        self.sessions: tuple[GunSession, ...] = tuple(GunSession(g) for g in range(g_n))
+        self.memory = CycleMemory()
+        self.last_record: CycleRecord | None = None
+        self._auth: list[bool | None] = [None] * g_n
+        self._stops: list[str | None] = [None] * g_n
+        self._clear: list[bool] = [False] * g_n
+        self._cuts: frozenset[int] = frozenset()
+        self._stopping = False
         self._enable_pending: set[int] = set()
         #: Where the last cycle's work went: poll, decide (incl. safety), apply (ms).
         self.last_timing: dict[str, float] = {}
@@ -165,6 +172,17 @@ class Station:
         """Authorization result for the gun's waiting session (OCPP wires this)."""
         self._auth[gun] = accepted
 
+    def set_available(self, gun: int, available: bool) -> None:
+        """OCPP ChangeAvailability: an inoperative gun starts no session (its authorization
+        is refused without asking, even with free charging); a running session goes on."""
+        self._unavailable[gun] = not available
+        waiting = self.sessions[gun].state is GunState.PREPARING
+        if not available and waiting:
+            self._auth[gun] = False
+        elif available and waiting and self._auth[gun] is False:
+            self._auth[gun] = None
+            self._request_auth(gun, self.sessions[gun].id_token)
+
     @property
     def violations(self) -> int:
         return self.safety.total
@@ -208,6 +226,21 @@ class Station:
                         with contextlib.suppress(Exception):
                             await self.hw.matrix.disconnect(m, g)
         await self.hw.close()
+
+    async def restart(self) -> None:
+        """Reboot the controller in place (OCPP Reset): the close path (setpoints 0,
+        contactors opened at low current, devices disconnected), then the state of a fresh
+        start and ``start`` again. Kept: configuration, hardware, vehicle links, limits,
+        observers, the sequence counter, and the safety latches (gun faults, emergency stop),
+        which only their explicit clear lifts."""
+        await self.close()
+        self._tasks.clear()
+        self._fresh()
+        self._wake.clear()
+        install_static_limits(self.limits, self.config)
+        self.restarts += 1
+        self.log.warning("station restarted", restarts=self.restarts)
+        await self.start()
 
     def stop(self) -> None:
         """Ask ``run`` to end after the current cycle."""
@@ -359,6 +392,9 @@ class Station:
         self._emit(CycleEvent(record))
 
     def _request_auth(self, g: int, token: str | None) -> None:
+        if self._unavailable[g]:
+            self._auth[g] = False
+            return
         if self.config.station.free_charging or self.authorizer is None:
             return
         authorizer = self.authorizer

@@ -13,6 +13,7 @@ import ssl
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import websockets
@@ -30,7 +31,7 @@ from controller.ocpp.config import OcppConfig
 from controller.ocpp.service import OcppService
 from controller.records import GunRecord
 from controller.session import GunSession, GunState, SessionEvent
-from controller.station import MeterSample
+from controller.station import CycleEvent, MeterSample
 
 STATION_TOML = {
     "station": {"id": "MWC-T1", "max_kw": 1440, "fallback_grid_kw": 1000},
@@ -69,6 +70,7 @@ class FakeStation:
     authorizer: Any = None
     stops: list[tuple[int, str]] = field(default_factory=list)
     auth: dict[int, bool] = field(default_factory=dict)
+    available: dict[int, bool] = field(default_factory=dict)
     observers: list[Callable[[Any], None]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -88,6 +90,9 @@ class FakeStation:
     def set_authorization(self, gun: int, ok: bool) -> None:
         self.auth[gun] = ok
 
+    def set_available(self, gun: int, ok: bool) -> None:
+        self.available[gun] = ok
+
     def emit(self, ev: Any) -> None:
         for cb in self.observers:
             cb(ev)
@@ -98,10 +103,16 @@ class FakeStation:
         self.sessions[g] = GunSession(g, state)
         self.emit(SessionEvent("state_changed", g, self.wall.mono, state, prev, reason, token))
 
-    def event(self, kind: str, g: int, reason: str | None = None, token: str = "TRUCK-1"
-              ) -> None:
+    def event(self, kind: str, g: int, reason: str | None = None, token: str = "TRUCK-1",
+              energy: float = 0.0) -> None:
         self.emit(SessionEvent(kind, g, self.wall.mono, self.sessions[g].state, None, reason,
-                               token, 0.0))
+                               token, energy))
+
+    def cycle(self, volts: float = 790.0) -> None:
+        """A CycleEvent: every gun's meter read, no current flowing yet."""
+        guns = tuple(GunRecord(g, self.sessions[g].state.value, 0.0, volts, 0.0, 0.0, "EV",
+                               "ev", (), 41.5, self.energy[g]) for g in range(self.guns))
+        self.emit(CycleEvent(SimpleNamespace(guns=guns)))  # type: ignore[arg-type]
 
     def sample(self, g: int, current: float = 1000.0, volts: float = 800.0) -> None:
         self.energy[g] += current * volts / 3600.0  # 1 s of energy
@@ -200,9 +211,11 @@ class Backend:
     server: Any = None
     port: int = 0
     changed: asyncio.Event = field(default_factory=asyncio.Event)
+    clock: Callable[[], dt.datetime] | None = None  # the backend's own time (default: real)
 
     def now(self) -> str:
-        return dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+        t = self.clock() if self.clock is not None else dt.datetime.now(dt.UTC)
+        return t.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
     def of(self, action: str) -> list[dict[str, Any]]:
         return [kw for a, kw in self.got if a == action]

@@ -168,3 +168,49 @@ def test_reconnect_backoff_doubles_then_stays() -> None:
     rnd = backoff(3.0, 10.0, 2, random.Random(1))
     first = [next(rnd) for _ in range(4)]
     assert 3.0 <= first[0] < 13.0 and 12.0 <= first[3] < 22.0
+
+
+async def test_setting_system_time_from_the_backend_is_a_critical_security_event(
+        tmp_path: Path) -> None:
+    """Appendix 1 SettingSystemTime: the boot's currentTime is an hour ahead of the station's
+    clock: the service adopts it as the time base of OCPP timestamps (an offset, not the OS
+    clock) and reports it; a drift within the tolerance is neither adopted nor reported."""
+    import datetime as dt
+
+    wall = SimWall()
+    skew = dt.timedelta(hours=1)
+    be = Backend(clock=lambda: wall() + skew)
+    await be.start()
+    svc, st, task = await started(
+        ocpp_config(tmp_path, be.port, security_profile=0, password=None,
+                    csms_time_tolerance_s=20), wall)
+    try:
+        await be.wait_for(lambda: svc.online and len(be.of("SecurityEventNotification")) == 2)
+        kinds = [e["type"] for e in be.of("SecurityEventNotification")]
+        assert kinds == ["StartupOfTheDevice", "SettingSystemTime"]
+        assert svc.wall() == wall() + skew
+        st.go(0, GunState.PREPARING, "vehicle plugged")
+        await be.wait_for(lambda: len(be.of("StatusNotification")) == 3)
+        assert be.of("StatusNotification")[2]["timestamp"].startswith("2026-01-05T09:00")
+        skew += dt.timedelta(seconds=10)  # within the tolerance
+        svc.sync_clock(be.now())
+        assert svc.wall() == wall() + skew - dt.timedelta(seconds=10)
+        assert len(svc.queue) == 0 and len(be.of("SecurityEventNotification")) == 2
+    finally:
+        await shutdown(svc, task)
+        await be.stop()
+
+
+def test_queue_bound_never_drops_critical_security_events(tmp_path: Path) -> None:
+    import sqlite3
+
+    from controller.ocpp.queue import MessageQueue
+
+    q = MessageQueue(sqlite3.connect(tmp_path / "q.sqlite3"), limit=10)
+    q.put("SecurityEventNotification", {"type": "SettingSystemTime"})
+    for _ in range(9):
+        q.put("NotifyChargingLimit", {"chargingLimit": {"chargingLimitSource": "EMS"}})
+    q.put("SecurityEventNotification", {"type": "ResetOrReboot"})
+    actions = [m.action for m in q.all()]
+    assert len(q) == 10 and actions[0] == "SecurityEventNotification"
+    assert actions.count("NotifyChargingLimit") == 8

@@ -182,3 +182,57 @@ def test_queue_bound_drops_periodic_first(tmp_path: Path) -> None:
     for i in range(12):
         q.put("TransactionEvent", {"eventType": "Ended", "seqNo": 10 + i})
     assert len(q) == 13  # Started/Ended are never dropped: the bound is exceeded, logged
+
+
+async def test_TC_G_11_03_04_18_CS_change_availability_scheduled_and_persisted(
+        tmp_path: Path) -> None:
+    be = Backend()
+    await be.start()
+    wall = SimWall()
+    cfg = ocpp_config(tmp_path, be.port)
+    svc, st, task = await started(cfg, wall)
+
+    def statuses(evse: int) -> list[str]:
+        return [s["connector_status"] for s in be.of("StatusNotification")
+                if s["evse_id"] == evse]
+
+    try:
+        await be.wait_for(lambda: svc.online and len(be.of("StatusNotification")) == 2)
+        assert be.cp is not None
+        charge(st)
+        r = await be.cp.call(call.ChangeAvailability(operational_status="Inoperative",
+                                                     evse={"id": 1}), suppress=False)
+        assert r.status == "Scheduled" and st.available[0] is True  # the session goes on
+        r = await be.cp.call(call.ChangeAvailability(operational_status="Inoperative",
+                                                     evse={"id": 2}), suppress=False)
+        assert r.status == "Accepted" and st.available[1] is False
+        await be.wait_for(lambda: statuses(2)[-1:] == ["Unavailable"])
+        finish(st, "Local")  # the transaction ends: the scheduled change takes effect
+        await be.wait_for(lambda: statuses(1)[-1:] == ["Unavailable"])
+        assert st.available[0] is False
+        r = await be.cp.call(call.ChangeAvailability(operational_status="Inoperative",
+                                                     evse={"id": 7}), suppress=False)
+        assert r.status == "Rejected"
+    finally:
+        await shutdown(svc, task)
+    svc, st, task = await started(cfg, wall)  # TC_G_18: the state survives a restart
+    try:
+        assert st.available == {0: False, 1: False}
+        n = len(be.of("StatusNotification"))
+        await be.wait_for(lambda: len(be.of("StatusNotification")) == n + 2)
+        assert statuses(1)[-1] == statuses(2)[-1] == "Unavailable"
+        assert be.cp is not None
+        r = await be.cp.call(call.ChangeAvailability(operational_status="Operative",
+                                                     evse={"id": 1}), suppress=False)
+        assert r.status == "Accepted" and st.available[0] is True
+        await be.wait_for(lambda: statuses(1)[-1:] == ["Available"])
+        # G04: the whole station inoperative, then operative again
+        r = await be.cp.call(call.ChangeAvailability(operational_status="Inoperative"),
+                             suppress=False)
+        assert r.status == "Accepted" and st.available == {0: False, 1: False}
+        r = await be.cp.call(call.ChangeAvailability(operational_status="Operative"),
+                             suppress=False)
+        assert r.status == "Accepted" and st.available == {0: True, 1: False}  # EVSE 2 still
+    finally:
+        await shutdown(svc, task)
+        await be.stop()

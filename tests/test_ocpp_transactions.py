@@ -196,3 +196,32 @@ async def test_malformed_frames_answered_with_callerror_nothing_lost(tmp_path: P
     finally:
         await shutdown(svc, task)
         await be.stop()
+
+
+async def test_TC_J_07_J_10_CS_started_and_ended_carry_the_meter_register(tmp_path: Path) -> None:
+    """The station reports charging_started before its first meter sample: the Started
+    event takes the energy register from the last cycle record; the Ended register is the
+    Started one plus the session energy of the stopping cycle (TC_J_10)."""
+    be = Backend()
+    await be.start()
+    wall = SimWall()
+    svc, st, task = await started(ocpp_config(tmp_path, be.port), wall)
+    try:
+        await be.wait_for(lambda: svc.online)
+        st.energy[0] = 12_345.0  # the meter's register before this session
+        st.cycle()
+        charge(st)
+        await be.wait_for(lambda: len(events(be)) == 1)
+        mv = events(be)[0]["meter_value"][0]
+        sampled = {s["measurand"]: s for s in mv["sampled_value"]}
+        assert sampled["Energy.Active.Import.Register"]["value"] == 12_345.0
+        assert sampled["Energy.Active.Import.Register"]["context"] == "Transaction.Begin"
+        run_for(st, wall, 2)  # the last reading is one cycle older than the stop:
+        st.event("charging_stopped", 0, "Local", energy=st.energy[0] - 12_345.0 + 50.0)
+        await be.wait_for(lambda: len(events(be)) == 2)
+        end = events(be)[1]["meter_value"][0]["sampled_value"][0]
+        assert end["context"] == "Transaction.End"
+        assert end["value"] == round(st.energy[0] + 50.0, 3)  # Started + session energy
+    finally:
+        await shutdown(svc, task)
+        await be.stop()

@@ -130,6 +130,16 @@ class OcppClient(_ChargePoint):  # type: ignore[misc]
         if evse_id is None and (type == "Immediate" or not self.svc.reset_pending):
             await self.svc.reset(immediate=type == "Immediate")
 
+    @on("ChangeAvailability")
+    def on_change_availability(self, operational_status: str, evse: dict[str, Any] | None = None,
+                               **_: Any) -> call_result.ChangeAvailability:
+        eid = 0 if evse is None else int(evse["id"])
+        if not 0 <= eid <= self.svc.guns or (evse or {}).get("connector_id", 1) != 1:
+            return call_result.ChangeAvailability(status="Rejected",
+                                                  status_info=_info("UnknownEvse"))
+        status = self.svc.change_availability(eid, operational_status == "Operative")
+        return call_result.ChangeAvailability(status=status)
+
     # ------------------------------------------------------------------ transactions (F01–F06)
     @on("RequestStartTransaction")
     def on_request_start(self, id_token: dict[str, Any], remote_start_id: int,

@@ -65,6 +65,10 @@ class OcppConfig(BaseModel):
     sampled_interval_s: float = Field(default=60.0, ge=0)  # SampledDataTxUpdatedInterval
     aligned_measurands: list[Measurand] = Field(default_factory=_aligned)
     aligned_interval_s: float = Field(default=900.0, ge=0)  # AlignedDataInterval, 0: off
+    #: Adopt the backend's clock (boot/heartbeat currentTime) when it differs from ours by
+    #: more than this (TimeAdjustmentReportingThreshold, reported as SettingSystemTime).
+    #: None: the station keeps its own clock (NTP) and the variable is not offered.
+    csms_time_tolerance_s: int | None = Field(default=None, ge=1)
 
     @model_validator(mode="after")
     def _security(self) -> OcppConfig:

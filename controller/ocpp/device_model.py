@@ -105,6 +105,8 @@ def default_vars(cfg: OcppConfig, station: StationConfig) -> list[Var]:
         Var("SecurityCtrlr", "Identity", "string", RO, c.station_id or station.station.id),
         Var("ClockCtrlr", "DateTime", "dateTime", RO, ""),
         Var("ClockCtrlr", "TimeSource", "SequenceList", RO, "Heartbeat"),
+        *([Var("ClockCtrlr", "TimeAdjustmentReportingThreshold", "integer", RW,
+               str(c.csms_time_tolerance_s), unit="s")] if c.csms_time_tolerance_s else []),
         Var("DeviceDataCtrlr", "ItemsPerMessage", "integer", RO, "50", instance="GetReport"),
         Var("DeviceDataCtrlr", "ItemsPerMessage", "integer", RO, "50", instance="GetVariables"),
         Var("DeviceDataCtrlr", "ItemsPerMessage", "integer", RO, "50", instance="SetVariables"),

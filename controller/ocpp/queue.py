@@ -8,9 +8,10 @@ only when the backend answered with a CallResult; rows are sent strictly in inse
 Bound: at most ``limit`` rows. When a new message would exceed it, the oldest *periodic*
 TransactionEvent (eventType Updated, triggerReason MeterValuePeriodic/MeterValueClock) is
 dropped first (the backend sees the gap in ``seqNo``); then the oldest non-transaction
-message. Started and Ended events are never dropped: if the queue holds only those, the
-bound is exceeded and a warning logged (a station runs out of transactions long before it
-runs out of disk at that point).
+message other than a SecurityEventNotification (all the station raises are critical,
+Appendix 1). Started/Ended events and security events are never dropped: if only those are
+left, the bound is exceeded and a warning logged (a station runs out of transactions long
+before it runs out of disk at that point).
 """
 
 from __future__ import annotations
@@ -68,7 +69,8 @@ class MessageQueue:
         return int(cur.lastrowid or 0)
 
     def _make_room(self) -> None:
-        for where in ("periodic = 1", "action != 'TransactionEvent'"):
+        for where in ("periodic = 1", "action NOT IN ('TransactionEvent', "
+                      "'SecurityEventNotification')"):
             row = self.db.execute(f"SELECT id, action FROM queue WHERE {where} "
                                   "ORDER BY id LIMIT 1").fetchone()
             if row is not None:
@@ -77,7 +79,8 @@ class MessageQueue:
                 self.log.warning("queue full: oldest message dropped", action=row[1],
                                  limit=self.limit)
                 return
-        self.log.warning("queue full of Started/Ended events: bound exceeded", limit=self.limit)
+        self.log.warning("queue full of Started/Ended/security events: bound exceeded",
+                         limit=self.limit)
 
     def head(self) -> Queued | None:
         row = self.db.execute("SELECT id, action, payload, attempts FROM queue "

@@ -14,7 +14,7 @@ import contextlib
 import sqlite3
 import ssl
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from ocpp.charge_point import camel_to_snake_case
@@ -43,7 +43,9 @@ class OcppService(StationSide):
 
     def __init__(self, cfg: OcppConfig, station_config: StationConfig, *,
                  wall: Callable[[], datetime] = _utc) -> None:
-        self.cfg, self.wall = cfg, wall
+        self.cfg, self._local_wall = cfg, wall
+        #: The backend's time minus ours (SettingSystemTime); OCPP timestamps use ``wall``.
+        self.clock_offset = timedelta(0)
         self.station_id = cfg.station_id or station_config.station.id
         self.guns = len(station_config.guns)
         self.max_w = station_config.station.max_kw * 1000.0
@@ -64,12 +66,23 @@ class OcppService(StationSide):
                                  int(self.dm.num("SmartChargingCtrlr", "PeriodsPerSchedule")))
         self.db.execute("CREATE TABLE IF NOT EXISTS auth_cache (token TEXT PRIMARY KEY, "
                         "status TEXT, expires REAL)")
+        self.db.execute("CREATE TABLE IF NOT EXISTS boot_reason (reason TEXT)")
+        self.db.execute("CREATE TABLE IF NOT EXISTS availability (evse INTEGER PRIMARY KEY, "
+                        "operative INTEGER)")
         self.db.commit()
         self.station: Any = None
         self.cp: OcppClient | None = None
         self.boot_status: str | None = None
-        self.boot_reason = "PowerUp"
+        row = self.db.execute("SELECT reason FROM boot_reason").fetchone()
+        self.boot_reason = str(row[0]) if row else "PowerUp"  # a Reset before this start
         self.reset_pending = False
+        #: Called when a Reset has ended the transactions: the owner (``run_services``)
+        #: restarts the station and its services. None: only the OCPP connection restarts.
+        self.on_reset: Callable[[], None] | None = None
+        self._unsubscribe: Callable[[], None] | None = None
+        #: ChangeAvailability (G03/G04) by EVSE id (0: the station), persisted.
+        self.availability: dict[int, bool] = {int(e): bool(o) for e, o in self.db.execute(
+            "SELECT evse, operative FROM availability")}
         self.last: list[GunRecord | None] = [None] * self.guns
         self.remote: dict[int, tuple[str, int, dict[str, Any] | None]] = {}
         self._remote_ids: dict[int, int] = {}
@@ -91,8 +104,36 @@ class OcppService(StationSide):
     def attach(self, station: Any) -> None:
         """Observe ``station`` and answer its authorization requests."""
         self.station = station
-        station.subscribe(self.on_event)
+        self._unsubscribe = station.subscribe(self.on_event)
         station.authorizer = self.authorize
+        for g in range(self.guns):
+            self.apply_availability(g)
+
+    def wall(self) -> datetime:
+        """The time base of every OCPP timestamp: the local clock plus the adopted offset."""
+        return self._local_wall() + self.clock_offset
+
+    def sync_clock(self, current_time: str) -> None:
+        """Adopt the backend's ``currentTime`` when it is off by more than the tolerance
+        (the OS clock is not touched) and report it: SettingSystemTime is critical."""
+        tol = self.dm.values.get(("ClockCtrlr", None, None, "TimeAdjustmentReportingThreshold",
+                                  None))
+        if not tol:
+            return
+        try:
+            theirs = datetime.fromisoformat(current_time.replace("Z", "+00:00"))
+        except ValueError:
+            self.log.warning("unreadable currentTime from the backend", value=current_time)
+            return
+        if theirs.tzinfo is None:
+            theirs = theirs.replace(tzinfo=UTC)
+        diff = theirs - self.wall()
+        if abs(diff.total_seconds()) <= float(tol):
+            return
+        self.clock_offset += diff
+        self.log.warning("clock set from the backend", adjusted_s=diff.total_seconds())
+        self.security_event("SettingSystemTime",
+                            f"time base adjusted by {diff.total_seconds():+.1f} s to the CSMS")
 
     def stop(self) -> None:
         self._stop.set()
@@ -101,6 +142,8 @@ class OcppService(StationSide):
     async def close(self) -> None:
         """Stop, end the transactions still open (Reboot, queued) and close the database."""
         self.stop()
+        if self._unsubscribe is not None:  # a restarted station must not report to us
+            self._unsubscribe()
         for gun in list(self.tx.open):
             self.tx.end(gun, "Reboot", self.last[gun], self._m("TxEndedMeasurands"))
         for t in list(self._tasks):
@@ -109,6 +152,13 @@ class OcppService(StationSide):
             with contextlib.suppress(Exception):
                 await self._ws.close()
         self.db.close()
+
+    def set_boot_reason(self, reason: str | None) -> None:
+        """Persist the reason of the next boot (a Reset survives the restart it causes)."""
+        with self.db:
+            self.db.execute("DELETE FROM boot_reason")
+            if reason is not None:
+                self.db.execute("INSERT INTO boot_reason VALUES (?)", (reason,))
 
     def spawn(self, coro: Any) -> None:
         task = asyncio.ensure_future(coro)
@@ -219,12 +269,14 @@ class OcppService(StationSide):
             self.log.warning("BootNotification failed", error=repr(exc)[:200])
             return 0
         self.boot_status = r.status
+        self.sync_clock(r.current_time)
         self.log.info("boot", status=r.status, interval=r.interval)
         if r.interval > 0:
             self.dm.values[("OCPPCommCtrlr", None, None, "HeartbeatInterval", None)] = str(
                 r.interval)
         if r.status == "Accepted":
             self.boot_reason = "PowerUp"
+            self.set_boot_reason(None)
             self._booted.set()
         return int(r.interval)
 
@@ -235,10 +287,12 @@ class OcppService(StationSide):
                 await asyncio.wait_for(self._kick.wait(),
                                        self.dm.num("OCPPCommCtrlr", "HeartbeatInterval"))
                 continue  # interval changed or queue kicked: restart the wait
-            await cp.call(call.Heartbeat(), suppress=False)
+            r = await cp.call(call.Heartbeat(), suppress=False)
+            self.sync_clock(r.current_time)
 
     async def _sender(self, cp: OcppClient) -> None:
-        """Drain the queue in order; E13 retries for TransactionEvent; delete on CallResult."""
+        """Drain the queue in order; E13 retries for TransactionEvent (and unanswered security
+        events, without a limit); delete on CallResult."""
         while True:
             msg = self.queue.head()
             if msg is None:
@@ -256,7 +310,11 @@ class OcppService(StationSide):
             except (OCPPError, TimeoutError) as exc:
                 tries = self.queue.attempt(msg.id)
                 limit = int(self.dm.num("OCPPCommCtrlr", "MessageAttempts", "TransactionEvent"))
-                if msg.action != "TransactionEvent" or tries >= limit:
+                # a critical security event is never dropped unanswered (a CallError is an answer)
+                unanswered = isinstance(exc, TimeoutError)
+                if msg.action == "SecurityEventNotification" and unanswered:
+                    tries = min(tries, 10)
+                elif msg.action != "TransactionEvent" or tries >= limit:
                     self.queue.done(msg.id)
                     self.log.error("message dropped", action=msg.action, attempts=tries,
                                    error=repr(exc)[:200])
@@ -298,9 +356,34 @@ class OcppService(StationSide):
             payload["techInfo"] = info[:255]
         self.put("SecurityEventNotification", payload)
 
+    def operative(self, g: int) -> bool:
+        return self.availability.get(0, True) and self.availability.get(g + 1, True)
+
+    def change_availability(self, evse: int, operative: bool) -> str:
+        """G03/G04: persist the EVSE's (0: the station's) state; a gun with a running
+        transaction keeps it and goes inoperative when it ends (``Scheduled``)."""
+        with self.db:
+            self.db.execute("INSERT OR REPLACE INTO availability VALUES (?, ?)",
+                            (evse, int(operative)))
+        self.availability[evse] = operative
+        guns = range(self.guns) if evse == 0 else [evse - 1]
+        busy = any(g in self.tx.open for g in guns)
+        for g in guns:
+            self.apply_availability(g)
+        return "Scheduled" if busy and not operative else "Accepted"
+
+    def apply_availability(self, g: int) -> None:
+        """Tell the station (a running transaction is never cut) and the backend."""
+        if self.station is None:
+            return
+        self.station.set_available(g, self.operative(g) or g in self.tx.open)
+        self._send_status(g)
+
     async def _status(self, cp: OcppClient, g: int) -> None:
         state = self.station.sessions[g].state if self.station is not None else None
         status = state.ocpp201 if state is not None else "Available"
+        if not self.operative(g) and g not in self.tx.open and status != "Faulted":
+            status = "Unavailable"
         await cp.call(call.StatusNotification(timestamp=iso(self.wall()), connector_status=status,
                                               evse_id=g + 1, connector_id=1), suppress=False)
 

@@ -55,7 +55,11 @@ class StationSide:
     _remote_profiles: dict[int, dict[str, Any]]
     _remote_until: dict[int, float]
 
+    on_reset: Callable[[], None] | None
+
     def put(self, action: str, payload: dict[str, Any]) -> None: ...
+    def set_boot_reason(self, reason: str | None) -> None: ...
+    def apply_availability(self, g: int) -> None: ...
     def spawn(self, coro: Any) -> None: ...
     def _send_status(self, g: int) -> None: ...
     def _m(self, name: str) -> list[str]:
@@ -108,7 +112,7 @@ class StationSide:
                 self.tx.update(g, "ChargingStateChanged", state="Charging")
         elif kind == "charging_stopped":
             if any(p in stop for p in _TIMING) or "Authorized" in stop:
-                self._end(g, ev.reason)
+                self._end(g, ev.reason, getattr(ev, "energy_wh", None))
             else:
                 self.tx.update(g, "ChargingStateChanged", state="EVConnected", rec=rec,
                                measurands=begin, context="Sample.Periodic")
@@ -132,10 +136,12 @@ class StationSide:
                 self.profiles.install(g + 1, pending)
                 self.apply_limits()
 
-    def _end(self, g: int, reason: str | None) -> None:
-        self.tx.end(g, reason, self.last[g], self._m("TxEndedMeasurands"))
+    def _end(self, g: int, reason: str | None, session_wh: float | None = None) -> None:
+        self.tx.end(g, reason, self.last[g], self._m("TxEndedMeasurands"),
+                    session_wh=session_wh)
         self.profiles.tx_ended(g + 1)
         self.apply_limits()
+        self.apply_availability(g)  # a Scheduled Inoperative takes effect now
         if self.reset_pending and not self.tx.open:
             self.reset_pending = False
             self.spawn(self.reset(immediate=False))
@@ -157,6 +163,12 @@ class StationSide:
             self._kick_sender()
 
     def _on_cycle(self, record: Any) -> None:
+        """Keep every gun's last meter reading: the station reports ``charging_started``
+        before the first ``meter_sample``, so the Started event (J02) takes the reading of
+        the cycle before (one period old)."""
+        for gr in getattr(record, "guns", None) or ():
+            if 0 <= gr.gun < self.guns:
+                self.last[gr.gun] = gr
         self.apply_limits()
         interval = self.dm.num("AlignedDataCtrlr", "Interval")
         if interval > 0 and self.dm.flag("AlignedDataCtrlr", "Enabled"):
@@ -309,8 +321,9 @@ class StationSide:
                                   suppress=False)
 
     async def reset(self, immediate: bool) -> None:
-        """B11/B12: end the transactions (ImmediateReset), then restart the OCPP services:
-        reconnect and boot again with reason RemoteReset."""
+        """B11/B12: end the transactions (ImmediateReset), queue ResetOrReboot, persist the
+        boot reason RemoteReset, then hand the restart to ``on_reset`` (the station and its
+        services restart); without an owner only the OCPP connection restarts."""
         for g in list(self.tx.open):
             self.station.stop_charging(g, "ImmediateReset")
         for _ in range(100):
@@ -321,6 +334,10 @@ class StationSide:
             self._end(g, "ImmediateReset")
         self.security_event("ResetOrReboot", "Reset " + ("Immediate" if immediate else "OnIdle"))
         self.boot_status, self.boot_reason = None, "RemoteReset"
+        self.set_boot_reason("RemoteReset")
+        if self.on_reset is not None:
+            self.on_reset()
+            return
         if self._ws is not None:
             await self._ws.close()
 

@@ -12,7 +12,7 @@ import math
 import sqlite3
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
@@ -74,6 +74,7 @@ class Tx:
     charging_state: str = "EVConnected"
     energy_wh: float = 0.0
     last_sample_t: float = -math.inf
+    start_wh: float | None = None  # the register in the Started event
 
 
 class Transactions:
@@ -127,7 +128,9 @@ class Transactions:
               remote_start_id: int | None = None, tx_id: str | None = None) -> Tx:
         tx = Tx(gun, tx_id or str(uuid.uuid4()), id_token=id_token, charging_state=state,
                 remote_start_id=remote_start_id,
-                energy_wh=rec.energy_wh if rec is not None else 0.0)
+                energy_wh=rec.energy_wh if rec is not None else 0.0,
+                start_wh=rec.energy_wh if rec is not None and math.isfinite(rec.energy_wh)
+                else None)
         self.open[gun] = tx
         ts = iso(self.wall())
         self._emit(tx, "Started", trigger, meter=meter_value(rec, measurands,
@@ -151,10 +154,19 @@ class Transactions:
         return self._emit(tx, "Updated", trigger, meter=meter)
 
     def end(self, gun: int, reason: str | None, rec: GunRecord | None, measurands: list[str],
-            trigger: str | None = None) -> dict[str, Any] | None:
+            trigger: str | None = None, session_wh: float | None = None
+            ) -> dict[str, Any] | None:
+        """The Ended event. ``session_wh`` (the station's energy of the session, measured in
+        the cycle that stopped it) gives the end register when the last reading is a cycle
+        older: Started register + session energy (registers only grow: the larger wins)."""
         tx = self.open.pop(gun, None)
         if tx is None:
             return None
+        if session_wh and tx.start_wh is not None and math.isfinite(session_wh):
+            end_wh = tx.start_wh + session_wh
+            if rec is not None and not rec.energy_wh >= end_wh:
+                rec = replace(rec, energy_wh=end_wh)
+            tx.energy_wh = max(tx.energy_wh, end_wh)
         trig, stopped = stop_reasons(reason)
         tx.charging_state = "EVConnected" if reason not in ("EVDisconnected",) else "Idle"
         meter = meter_value(rec, measurands, "Transaction.End", iso(self.wall()),
