@@ -1,4 +1,4 @@
-"""Station sub-commands of `mwc` (demo, run, doctor), grown as the rooms land.
+"""Station sub-commands of `mwc` (`run`; `demo` lives with the simulators in sim/cli.py).
 
 ``mwc run --config FILE`` runs the station against the configured hardware until SIGINT or
 SIGTERM. The vehicle side has no SECC integration yet: every gun gets a never-plugged link.
@@ -15,14 +15,6 @@ import time
 from typing import Any
 
 from controller.vehicle import VehicleStatus
-
-
-def _demo(args: argparse.Namespace) -> int:
-    """``mwc demo``: the default scenario on simulated hardware (``sim.demo``, imported here
-    so that ``controller`` never depends on ``sim`` at import time)."""
-    from sim.demo.cli import run_scenario
-
-    return run_scenario(args.scenario, args)
 
 
 class NoVehicleLink:
@@ -75,17 +67,6 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def register(sub: Any) -> None:
-    demo = sub.add_parser("demo", help="run the whole station against simulated hardware",
-                          description="Starts the Modbus simulators, ocpp_server, Mosquitto "
-                          "(when installed), the grid signal publisher, two simulated trucks "
-                          "and the controller on loopback, runs a scenario on a simulated "
-                          "clock and writes a report (see docs/scenarios.md).")
-    demo.add_argument("--scenario", default="default",
-                      help="bundled scenario name or TOML path (default: default)")
-    from importlib import import_module
-
-    import_module("sim.demo.cli").add_options(demo)
-    demo.set_defaults(handler=_demo)
     run = sub.add_parser("run", help="run the station against the configured hardware "
                          "until SIGINT/SIGTERM")
     run.add_argument("--config", required=True, metavar="FILE",

@@ -67,9 +67,20 @@ def register(sub: Any) -> None:
 
     grid.register(sim_subparsers())
 
-    from sim.demo.cli import register_sim_run  # the demo's scenarios: mwc sim run
+    from sim.demo.cli import add_options, register_sim_run, run_scenario
 
-    register_sim_run(sim_subparsers())
+    register_sim_run(sim_subparsers())  # the demo's scenarios: mwc sim run
+    # `mwc demo` is a simulator tool exposed at the top level; it lives here so that
+    # controller/ never imports sim/ (the controller must run without the simulators).
+    demo = sub.add_parser("demo", help="run the whole station against simulated hardware",
+                          description="Starts the Modbus simulators, ocpp_server, Mosquitto "
+                          "(when installed), the grid signal publisher, two simulated trucks "
+                          "and the controller on loopback, runs a scenario on a simulated "
+                          "clock and writes a report (see docs/scenarios.md).")
+    demo.add_argument("--scenario", default="default",
+                      help="bundled scenario name or TOML path (default: default)")
+    add_options(demo)
+    demo.set_defaults(handler=lambda args: run_scenario(args.scenario, args))
 
 
 async def _serve(args: argparse.Namespace) -> int:
