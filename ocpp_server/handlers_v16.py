@@ -34,17 +34,12 @@ class StationV16(Session, ChargePoint):  # type: ignore[misc]
     @handles(Action.boot_notification)
     async def on_boot(self, **_: Any) -> call_result.BootNotification:
         p = self.payload
-        await self.repo.record_boot(self.id, "1.6", {
+        status, interval = await self.admit_boot("1.6", {
             "vendor": p.get("chargePointVendor"), "model": p.get("chargePointModel"),
             "serial_number": p.get("chargePointSerialNumber") or p.get("chargeBoxSerialNumber"),
             "firmware_version": p.get("firmwareVersion")})
-        station = await self.repo.get_station(self.id)
-        self.approved = station is not None and station.approved
         self.log.info("boot", accepted=self.approved)
-        if self.approved:
-            return call_result.BootNotification(now_iso(), self.cfg.heartbeat_interval,
-                                                "Accepted")
-        return call_result.BootNotification(now_iso(), self.cfg.pending_interval, "Pending")
+        return call_result.BootNotification(now_iso(), interval, status)
 
     @handles(Action.heartbeat)
     async def on_heartbeat(self, **_: Any) -> call_result.Heartbeat:

@@ -36,17 +36,12 @@ class StationV201(Session, ChargePoint):  # type: ignore[misc]
     async def on_boot(self, **_: Any) -> call_result.BootNotification:
         p = self.payload
         cs = p["chargingStation"]
-        await self.repo.record_boot(self.id, "2.0.1", {
+        status, interval = await self.admit_boot("2.0.1", {
             "vendor": cs.get("vendorName"), "model": cs.get("model"),
             "serial_number": cs.get("serialNumber"),
             "firmware_version": cs.get("firmwareVersion")})
-        station = await self.repo.get_station(self.id)
-        self.approved = station is not None and station.approved
         self.log.info("boot", reason=p.get("reason"), accepted=self.approved)
-        if self.approved:
-            return call_result.BootNotification(now_iso(), self.cfg.heartbeat_interval,
-                                                "Accepted")
-        return call_result.BootNotification(now_iso(), self.cfg.pending_interval, "Pending")
+        return call_result.BootNotification(now_iso(), interval, status)
 
     @handles(Action.heartbeat)
     async def on_heartbeat(self, **_: Any) -> call_result.Heartbeat:

@@ -283,6 +283,19 @@ class Session:
             self.log.warning("invalid_response", action=action, error=str(exc))
         return dict(response.payload)
 
+    async def admit_boot(self, version: str, info: dict[str, Any]) -> tuple[str, int]:
+        """Record a BootNotification and decide it: (status, interval) for either version.
+
+        Accepted with the heartbeat interval for an approved station, else Pending with the
+        pending interval; one decision for OCPP 1.6J and 2.0.1.
+        """
+        await self.repo.record_boot(self.id, version, info)
+        station = await self.repo.get_station(self.id)
+        self.approved = station is not None and station.approved
+        if self.approved:
+            return "Accepted", self.cfg.heartbeat_interval
+        return "Pending", self.cfg.pending_interval
+
     def status(self) -> dict[str, Any]:
         """Live connection state for the API."""
         return {"connected": True, "protocol": self.subprotocol,
