@@ -10,7 +10,7 @@ import contextlib
 import datetime as dt
 import logging
 import ssl
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
@@ -281,6 +281,22 @@ async def shutdown(svc: OcppService, task: asyncio.Task[None]) -> None:
     task.cancel()
     with __import__("contextlib").suppress(BaseException):
         await task
+
+
+@contextlib.asynccontextmanager
+async def online(tmp: Path, **cfg: Any) -> AsyncIterator[
+        tuple[Backend, OcppService, FakeStation, SimWall]]:
+    """A test backend and a booted client on a fake station, both stopped afterwards."""
+    be = Backend()
+    await be.start()
+    wall = SimWall()
+    svc, st, task = await started(ocpp_config(tmp, be.port, **cfg), wall)
+    try:
+        await be.wait_for(lambda: svc.online)
+        yield be, svc, st, wall
+    finally:
+        await shutdown(svc, task)
+        await be.stop()
 
 
 # ------------------------------------------------------------------ test PKI

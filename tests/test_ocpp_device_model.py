@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ocpp.v201 import call
-from ocpp_fixtures import Backend, SimWall, ocpp_config, shutdown, started
+from ocpp_fixtures import Backend, SimWall, ocpp_config, online, shutdown, started
 from test_ocpp_transactions import charge, events, finish
 
 from controller.session import GunState
@@ -106,12 +106,7 @@ async def test_TC_B_13_15_get_base_report_in_parts(tmp_path: Path) -> None:
 
 
 async def test_TC_B_22_CS_reset_immediate_ends_tx_and_reboots_TC_B_28(tmp_path: Path) -> None:
-    be = Backend()
-    await be.start()
-    wall = SimWall()
-    svc, st, task = await started(ocpp_config(tmp_path, be.port), wall)
-    try:
-        await be.wait_for(lambda: svc.online)
+    async with online(tmp_path) as (be, svc, st, _wall):
         charge(st)
         assert be.cp is not None
         r = await be.cp.call(call.Reset(type="Immediate", evse_id=1), suppress=False)
@@ -126,18 +121,10 @@ async def test_TC_B_22_CS_reset_immediate_ends_tx_and_reboots_TC_B_28(tmp_path: 
         assert end["event_type"] == "Ended" and end["trigger_reason"] == "ResetCommand"
         assert end["transaction_info"]["stopped_reason"] == "ImmediateReset"
         assert any(e["type"] == "ResetOrReboot" for e in be.of("SecurityEventNotification"))
-    finally:
-        await shutdown(svc, task)
-        await be.stop()
 
 
 async def test_TC_B_21_CS_reset_on_idle_waits_for_the_transaction(tmp_path: Path) -> None:
-    be = Backend()
-    await be.start()
-    wall = SimWall()
-    svc, st, task = await started(ocpp_config(tmp_path, be.port), wall)
-    try:
-        await be.wait_for(lambda: svc.online)
+    async with online(tmp_path) as (be, _svc, st, _wall):
         charge(st)
         assert be.cp is not None
         r = await be.cp.call(call.Reset(type="OnIdle"), suppress=False)
@@ -146,6 +133,3 @@ async def test_TC_B_21_CS_reset_on_idle_waits_for_the_transaction(tmp_path: Path
         st.go(0, GunState.AVAILABLE)
         await be.wait_for(lambda: len(be.of("BootNotification")) == 2)
         assert be.of("BootNotification")[1]["reason"] == "RemoteReset"
-    finally:
-        await shutdown(svc, task)
-        await be.stop()

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ocpp.v201 import call
-from ocpp_fixtures import Backend, SimWall, ocpp_config, shutdown, started
+from ocpp_fixtures import Backend, SimWall, ocpp_config, online, shutdown, started
 from test_ocpp_transactions import charge, events, finish, run_for
 
 from controller.ocpp.queue import MessageQueue
@@ -13,12 +13,7 @@ from controller.session import GunState
 
 
 async def test_TC_F_03_F_08_E_28_CS_remote_start_first_then_remote_stop(tmp_path: Path) -> None:
-    be = Backend()
-    await be.start()
-    wall = SimWall()
-    svc, st, task = await started(ocpp_config(tmp_path, be.port), wall)
-    try:
-        await be.wait_for(lambda: svc.online)
+    async with online(tmp_path) as (be, svc, st, _wall):
         assert be.cp is not None
         r = await be.cp.call(call.RequestStartTransaction(
             id_token={"idToken": "FLEET-7", "type": "Central"}, remote_start_id=42, evse_id=1),
@@ -53,18 +48,10 @@ async def test_TC_F_03_F_08_E_28_CS_remote_start_first_then_remote_stop(tmp_path
         assert end["transaction_info"]["stopped_reason"] == "Remote"
         s = await be.cp.call(call.GetTransactionStatus(transaction_id=tx_id), suppress=False)
         assert s.ongoing_indicator is False
-    finally:
-        await shutdown(svc, task)
-        await be.stop()
 
 
 async def test_TC_F_01_F_04_CS_remote_start_cable_plugged_first_and_timeout(tmp_path: Path) -> None:
-    be = Backend()
-    await be.start()
-    wall = SimWall()
-    svc, st, task = await started(ocpp_config(tmp_path, be.port), wall)
-    try:
-        await be.wait_for(lambda: svc.online)
+    async with online(tmp_path) as (be, svc, st, wall):
         st.go(1, GunState.PREPARING, "vehicle plugged")
         assert be.cp is not None
         r = await be.cp.call(call.RequestStartTransaction(
@@ -79,18 +66,10 @@ async def test_TC_F_01_F_04_CS_remote_start_cable_plugged_first_and_timeout(tmp_
         wall.advance(61)
         st.go(0, GunState.PREPARING, "vehicle plugged", token=None)
         assert await svc.authorize(0, None) is False
-    finally:
-        await shutdown(svc, task)
-        await be.stop()
 
 
 async def test_TC_F_20_23_27_trigger_messages(tmp_path: Path) -> None:
-    be = Backend()
-    await be.start()
-    wall = SimWall()
-    svc, st, task = await started(ocpp_config(tmp_path, be.port), wall)
-    try:
-        await be.wait_for(lambda: svc.online)
+    async with online(tmp_path) as (be, _svc, st, wall):
         assert be.cp is not None
         charge(st)
         run_for(st, wall, 5)
@@ -106,9 +85,6 @@ async def test_TC_F_20_23_27_trigger_messages(tmp_path: Path) -> None:
         r = await be.cp.call(call.TriggerMessage(requested_message="StatusNotification",
                                                  evse={"id": 7}), suppress=False)
         assert r.status == "Rejected"
-    finally:
-        await shutdown(svc, task)
-        await be.stop()
 
 
 async def test_TC_E_09_CS_tx_start_point_ev_connected(tmp_path: Path) -> None:

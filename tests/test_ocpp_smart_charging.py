@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from cycle_fixtures import rig, small_truck
 from ocpp.v201 import call
-from ocpp_fixtures import Backend, SimWall, ocpp_config, shutdown, started
+from ocpp_fixtures import Backend, ocpp_config, online, shutdown
 from test_ocpp_transactions import charge, events
 
 from controller.config import parse_config
@@ -153,12 +153,7 @@ async def test_K01_tx_profile_lowers_gun_current_within_one_cycle(tmp_path: Path
 
 
 async def test_K05_remote_start_with_tx_profile_and_K01_rejections(tmp_path: Path) -> None:
-    be = Backend()
-    await be.start()
-    wall = SimWall()
-    svc, st, task = await started(ocpp_config(tmp_path, be.port), wall)
-    try:
-        await be.wait_for(lambda: svc.online)
+    async with online(tmp_path) as (be, svc, st, _wall):
         assert be.cp is not None
         profile = {"id": 9, "stackLevel": 0, "chargingProfilePurpose": "TxProfile",
                    "chargingProfileKind": "Relative", "chargingSchedule": [{
@@ -183,9 +178,6 @@ async def test_K05_remote_start_with_tx_profile_and_K01_rejections(tmp_path: Pat
         await be.wait_for(lambda: bool(be.of("NotifyChargingLimit")))
         assert be.of("NotifyChargingLimit")[0]["charging_limit"]["charging_limit_source"] == \
             "EMS"
-    finally:
-        await shutdown(svc, task)
-        await be.stop()
 
 
 def test_parse_station_config_for_service(tmp_path: Path) -> None:

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from ocpp.v201 import call
-from ocpp_fixtures import Backend, FakeStation, SimWall, ocpp_config, shutdown, started
+from ocpp_fixtures import Backend, FakeStation, SimWall, ocpp_config, online, shutdown, started
 
 from controller.ocpp.service import OcppService
 from controller.session import GunState
@@ -41,12 +41,7 @@ def events(be: Backend) -> list[dict[str, Any]]:
 
 
 async def test_TC_E_01_CS_full_transaction_with_meter_values(tmp_path: Path) -> None:
-    be = Backend()
-    await be.start()
-    wall = SimWall()
-    svc, st, task = await started(ocpp_config(tmp_path, be.port), wall)
-    try:
-        await be.wait_for(lambda: svc.online)
+    async with online(tmp_path) as (be, svc, st, wall):
         assert await svc.authorize(0, "TRUCK-1") is True  # C01: Authorize at the backend
         assert be.of("Authorize")[0]["id_token"] == {"id_token": "TRUCK-1", "type": "Central"}
         charge(st)
@@ -76,9 +71,6 @@ async def test_TC_E_01_CS_full_transaction_with_meter_values(tmp_path: Path) -> 
         assert end["context"] == "Transaction.End" and end["value"] > 0
         assert not any(e.get("offline") for e in evs)
         assert len(svc.queue) == 0
-    finally:
-        await shutdown(svc, task)
-        await be.stop()
 
 
 async def test_TC_E_40_CS_offline_minutes_and_restart_all_delivered_in_order(
@@ -164,12 +156,7 @@ async def test_TC_E_50_CS_rejected_transaction_event_dropped_after_max(tmp_path:
 
 
 async def test_malformed_frames_answered_with_callerror_nothing_lost(tmp_path: Path) -> None:
-    be = Backend()
-    await be.start()
-    wall = SimWall()
-    svc, st, task = await started(ocpp_config(tmp_path, be.port), wall)
-    try:
-        await be.wait_for(lambda: svc.online)
+    async with online(tmp_path) as (be, _svc, st, wall):
         charge(st)
         assert be.cp is not None
         ws = be.cp._connection
@@ -193,21 +180,13 @@ async def test_malformed_frames_answered_with_callerror_nothing_lost(tmp_path: P
         run_for(st, wall, 61)
         await be.wait_for(lambda: len(events(be)) == 2)
         assert [e["seq_no"] for e in events(be)] == [0, 1]
-    finally:
-        await shutdown(svc, task)
-        await be.stop()
 
 
 async def test_TC_J_07_J_10_CS_started_and_ended_carry_the_meter_register(tmp_path: Path) -> None:
     """The station reports charging_started before its first meter sample: the Started
     event takes the energy register from the last cycle record; the Ended register is the
     Started one plus the session energy of the stopping cycle (TC_J_10)."""
-    be = Backend()
-    await be.start()
-    wall = SimWall()
-    svc, st, task = await started(ocpp_config(tmp_path, be.port), wall)
-    try:
-        await be.wait_for(lambda: svc.online)
+    async with online(tmp_path) as (be, _svc, st, wall):
         st.energy[0] = 12_345.0  # the meter's register before this session
         st.cycle()
         charge(st)
@@ -222,6 +201,3 @@ async def test_TC_J_07_J_10_CS_started_and_ended_carry_the_meter_register(tmp_pa
         end = events(be)[1]["meter_value"][0]["sampled_value"][0]
         assert end["context"] == "Transaction.End"
         assert end["value"] == round(st.energy[0] + 50.0, 3)  # Started + session energy
-    finally:
-        await shutdown(svc, task)
-        await be.stop()
