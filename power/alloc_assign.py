@@ -329,16 +329,12 @@ def _assign_max_power(  # type: ignore[no-untyped-def]
                     size = _heap_push(hk, hm, hv, size, rank, r, m, ver[m])
                 continue
             best = b1[m]
-            if b2[m] >= 0 and cap[m, b2[m]] * volt[b2[m]] >= cap[m, best] * volt[best] * (
-                1.0 - 1e-6
-            ):
+            vmax = val[m, best]
+            if b2[m] >= 0 and val[m, b2[m]] >= vmax * (1.0 - 1e-6):
                 # Several guns get the same power from it: the fairest of them.
-                vmax = cap[m, best] * volt[best]
                 best_key = np.inf
                 for g in range(g_n):
-                    if not hungry[g] or not reach[m, g] or (locked[m] and mgun[m] == g):
-                        continue
-                    if cap[m, g] * volt[g] < vmax * (1.0 - 1e-6):
+                    if not hungry[g] or val[m, g] < vmax * (1.0 - 1e-6):
                         continue
                     key = alloc[g] / weight[g]
                     if key < best_key or (key == best_key and g == mgun[m]):
