@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any
+from typing import Any, ClassVar
 
 import websockets
 from cryptography import x509
@@ -76,6 +76,8 @@ class FakeStation:
     def __post_init__(self) -> None:
         self.sessions = [GunSession(g) for g in range(self.guns)]
         self.energy = [0.0] * self.guns
+        self.seq = 0
+        self.last_record: Any = None
 
     def clock(self) -> float:
         return self.wall.mono
@@ -112,7 +114,9 @@ class FakeStation:
         """A CycleEvent: every gun's meter read, no current flowing yet."""
         guns = tuple(GunRecord(g, self.sessions[g].state.value, 0.0, volts, 0.0, 0.0, "EV",
                                "ev", (), 41.5, self.energy[g]) for g in range(self.guns))
-        self.emit(CycleEvent(SimpleNamespace(guns=guns)))  # type: ignore[arg-type]
+        self.seq += 1
+        self.last_record = SimpleNamespace(seq=self.seq, guns=guns)  # kept before the events
+        self.emit(CycleEvent(self.last_record))  # type: ignore[arg-type]
 
     def sample(self, g: int, current: float = 1000.0, volts: float = 800.0) -> None:
         self.energy[g] += current * volts / 3600.0  # 1 s of energy
@@ -207,11 +211,16 @@ class Backend:
     got: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
     auth_seen: list[str | None] = field(default_factory=list)
     raw: list[str] = field(default_factory=list)
-    cp: Csms | None = None
+    cp: Any = None
     server: Any = None
     port: int = 0
     changed: asyncio.Event = field(default_factory=asyncio.Event)
     clock: Callable[[], dt.datetime] | None = None  # the backend's own time (default: real)
+    subprotocol: ClassVar[str] = "ocpp2.0.1"
+
+    def make_cp(self, cid: str, ws: Any) -> Any:
+        """The backend's ChargePoint for one connection (a 1.6 backend overrides this)."""
+        return Csms(cid, ws, self)
 
     def now(self) -> str:
         t = self.clock() if self.clock is not None else dt.datetime.now(dt.UTC)
@@ -232,13 +241,13 @@ class Backend:
             return None
 
         async def handler(ws: Any) -> None:
-            cp = Csms(ws.request.path.rsplit("/", 1)[-1], ws, self)
+            cp = self.make_cp(ws.request.path.rsplit("/", 1)[-1], ws)
             self.cp = cp
             with contextlib.suppress(websockets.ConnectionClosed):
                 await cp.start()
 
-        self.server = await websockets.serve(handler, "127.0.0.1", port,
-                                             subprotocols=[websockets.Subprotocol("ocpp2.0.1")],
+        proto = websockets.Subprotocol(self.subprotocol)
+        self.server = await websockets.serve(handler, "127.0.0.1", port, subprotocols=[proto],
                                              process_request=check, ssl=self.ssl_ctx)
         self.port = self.server.sockets[0].getsockname()[1]
 

@@ -3,13 +3,12 @@
 The ``ocpp`` package validates and routes; every handler here answers at once from the
 service's state (never awaiting a CALL of its own: follow-up messages go in ``@after``
 handlers or the queue). Malformed frames are answered with a CallError naming the problem
-(:meth:`OcppClient.route_message`), unsupported actions with NotImplemented/NotSupported by
-the library; no input crashes the receive loop.
+(:class:`~controller.ocpp.common.FrameGuard`), unsupported actions with NotImplemented /
+NotSupported by the library; no input crashes the receive loop.
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
@@ -17,6 +16,7 @@ from ocpp import routing
 from ocpp.v201 import ChargePoint as _ChargePoint
 from ocpp.v201 import call_result
 
+from controller.ocpp.common import FrameGuard
 from controller.ocpp.transactions import iso
 
 if TYPE_CHECKING:
@@ -39,41 +39,12 @@ def _info(reason: str, text: str = "") -> dict[str, str]:
         "reasonCode": reason}
 
 
-class OcppClient(_ChargePoint):  # type: ignore[misc]
+class OcppClient(FrameGuard, _ChargePoint):  # type: ignore[misc]
     """One websocket session's ChargePoint; ``svc`` holds all state that outlives it."""
 
     def __init__(self, station_id: str, ws: Any, svc: OcppService, timeout: float) -> None:
         super().__init__(station_id, ws, response_timeout=timeout)
         self.svc = svc
-
-    async def route_message(self, raw_msg: str) -> None:
-        """Malformed frames get a CallError (RpcFrameworkError/FormatViolation) naming the
-        fault instead of being dropped silently; everything else goes to the library."""
-        try:
-            msg = json.loads(raw_msg)
-        except (ValueError, TypeError) as exc:
-            await self._error("-1", "RpcFrameworkError", f"invalid JSON: {exc}")
-            return
-        if not isinstance(msg, list) or not msg or msg[0] not in (2, 3, 4):
-            await self._error("-1", "RpcFrameworkError",
-                              "not an OCPP-J message (expected [2|3|4, id, ...])")
-            return
-        uid = msg[1] if len(msg) > 1 and isinstance(msg[1], str) else "-1"
-        if msg[0] == 2 and (len(msg) != 4 or not isinstance(msg[1], str)
-                            or not isinstance(msg[2], str) or not isinstance(msg[3], dict)):
-            await self._error(uid, "FormatViolation",
-                              "CALL must be [2, \"<id>\", \"<Action>\", {payload}]")
-            return
-        try:
-            await super().route_message(raw_msg)
-        except Exception as exc:  # never let the receive loop die on input
-            self.svc.log.exception("handling a backend message failed", error=repr(exc))
-            if msg[0] == 2:
-                await self._error(uid, "InternalError", f"{type(exc).__name__}: {exc}")
-
-    async def _error(self, uid: str, code: str, text: str) -> None:
-        self.svc.log.warning("bad frame from backend", code=code, detail=text)
-        await self._send(json.dumps([4, uid, code, text, {}]))
 
     # ------------------------------------------------------------------ device model (B05–B07)
     @on("GetVariables")
@@ -209,7 +180,7 @@ class OcppClient(_ChargePoint):  # type: ignore[misc]
 
     @on("ClearCache")
     def on_clear_cache(self, **_: Any) -> call_result.ClearCache:
-        self.svc.clear_auth_cache()
+        self.svc.auth_cache.clear()
         return call_result.ClearCache(status="Accepted")
 
     # ------------------------------------------------------------------ smart charging (K01–K08)

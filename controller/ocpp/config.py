@@ -33,6 +33,9 @@ class OcppConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
+    #: "2.0.1" (subprotocol ocpp2.0.1, controller/ocpp/) or "1.6" (ocpp1.6, OCPP 1.6J with
+    #: the security extension, controller/ocpp16/); both share connection, queue and limits.
+    version: Literal["2.0.1", "1.6"] = "2.0.1"
     url: str = Field(pattern=r"^wss?://[^/]+(/.*)?$")  # the station id is appended
     station_id: str | None = None  # default: [station].id
     security_profile: Literal[0, 1, 2, 3] = 1  # 0: no authentication (lab only)

@@ -8,6 +8,7 @@ at every connect, so a BasicAuthPassword set by the backend (A01) is used on the
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import random
 import ssl
@@ -19,6 +20,7 @@ import websockets
 from controller.ocpp.config import OcppConfig
 
 SUBPROTOCOL = "ocpp2.0.1"
+SUBPROTOCOLS = {"2.0.1": "ocpp2.0.1", "1.6": "ocpp1.6"}  # by OcppConfig.version
 
 
 def station_url(cfg: OcppConfig, station_id: str) -> str:
@@ -59,14 +61,49 @@ def backoff(wait_min: float, random_range: float, repeat: int,
 
 async def connect(cfg: OcppConfig, station_id: str, password: str | None,
                   ping_interval: float, open_timeout: float = 10.0) -> Any:
-    """Open the websocket (raises on refusal, TLS failure, wrong subprotocol)."""
+    """Open the websocket with the subprotocol of ``cfg.version`` (raises on refusal, TLS
+    failure, wrong subprotocol)."""
+    proto = SUBPROTOCOLS[cfg.version]
     ws = await websockets.connect(
-        station_url(cfg, station_id), subprotocols=[websockets.Subprotocol(SUBPROTOCOL)],
+        station_url(cfg, station_id), subprotocols=[websockets.Subprotocol(proto)],
         additional_headers=auth_headers(cfg.security_profile, station_id, password),
         ssl=ssl_context(cfg), ping_interval=ping_interval or None,
         ping_timeout=ping_interval or None, open_timeout=open_timeout, max_size=2**22)
-    if ws.subprotocol != SUBPROTOCOL:
+    if ws.subprotocol != proto:
         await ws.close()
-        raise ConnectionError(f"backend did not accept subprotocol {SUBPROTOCOL} "
+        raise ConnectionError(f"backend did not accept subprotocol {proto} "
                               f"(answered {ws.subprotocol!r})")
     return ws
+
+
+async def tls_diagnosis(cfg: OcppConfig, timeout: float = 5.0) -> tuple[str, str] | None:
+    """After a TLS handshake with the backend failed without a certificate error: find out
+    whether the backend only offers a TLS version below 1.2 (security event InvalidTLSVersion)
+    or only cipher suites we do not allow (InvalidTLSCipherSuite), with one probing handshake
+    that accepts anything and sends nothing. None when neither (or the probe fails too)."""
+    from urllib.parse import urlsplit
+
+    ours = ssl_context(cfg)
+    if ours is None:
+        return None
+    parts = urlsplit(cfg.url)
+    probe = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    probe.check_hostname = False
+    probe.verify_mode = ssl.CERT_NONE  # only looking: this connection carries no data
+    probe.minimum_version = ssl.TLSVersion.MINIMUM_SUPPORTED
+    probe.set_ciphers("ALL:@SECLEVEL=0")
+    try:
+        _r, w = await asyncio.wait_for(asyncio.open_connection(
+            parts.hostname, parts.port or 443, ssl=probe), timeout)
+    except (OSError, TimeoutError, ssl.SSLError):
+        return None
+    obj = w.get_extra_info("ssl_object")
+    version, cipher = (obj.version(), obj.cipher()) if obj is not None else (None, None)
+    w.close()
+    if version in ("SSLv3", "TLSv1", "TLSv1.1"):
+        return "InvalidTLSVersion", f"the CSMS offers {version} only; 1.2 or newer is required"
+    allowed = {c["name"] for c in ours.get_ciphers()}
+    if cipher is not None and cipher[0] not in allowed:
+        return ("InvalidTLSCipherSuite",
+                f"the CSMS offers cipher suite {cipher[0]} ({version}), which is not allowed")
+    return None

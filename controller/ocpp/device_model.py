@@ -84,6 +84,7 @@ def default_vars(cfg: OcppConfig, station: StationConfig) -> list[Var]:
         Var("AlignedDataCtrlr", "TxEndedMeasurands", "MemberList", RW,
             "Energy.Active.Import.Register", values=MEASURANDS),
         Var("AlignedDataCtrlr", "TxEndedInterval", "integer", RW, "0", unit="s"),
+        Var("AlignedDataCtrlr", "SendDuringIdle", "boolean", RW, "false"),
         Var("TxCtrlr", "TxStartPoint", "MemberList", RW, ",".join(c.tx_start_point),
             values=TX_POINTS),
         Var("TxCtrlr", "TxStopPoint", "MemberList", RW, ",".join(c.tx_stop_point),

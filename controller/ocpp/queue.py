@@ -11,7 +11,9 @@ dropped first (the backend sees the gap in ``seqNo``); then the oldest non-trans
 message other than a SecurityEventNotification (all the station raises are critical,
 Appendix 1). Started/Ended events and security events are never dropped: if only those are
 left, the bound is exceeded and a warning logged (a station runs out of transactions long
-before it runs out of disk at that point).
+before it runs out of disk at that point). The OCPP 1.6 client passes its own rule
+(``kept``, ``periodic``): StartTransaction / StopTransaction kept, transaction MeterValues
+first to go.
 """
 
 from __future__ import annotations
@@ -27,6 +29,11 @@ from controller import logs
 _PERIODIC = ("MeterValuePeriodic", "MeterValueClock")
 
 
+def _periodic_201(action: str, payload: dict[str, Any]) -> bool:
+    return (action == "TransactionEvent" and payload.get("eventType") == "Updated"
+            and payload.get("triggerReason") in _PERIODIC)
+
+
 @dataclass(frozen=True, slots=True)
 class Queued:
     id: int
@@ -38,9 +45,15 @@ class Queued:
 class MessageQueue:
     """FIFO of messages in SQLite; safe against a controller restart at any point."""
 
-    def __init__(self, db: sqlite3.Connection, limit: int = 10_000) -> None:
+    def __init__(self, db: sqlite3.Connection, limit: int = 10_000, *,
+                 kept: tuple[str, ...] = ("TransactionEvent", "SecurityEventNotification"),
+                 periodic: Callable[[str, dict[str, Any]], bool] | None = None) -> None:
+        """``kept``: actions never dropped for room, ``periodic``: which messages go first
+        (defaults: OCPP 2.0.1; the 1.6 client passes its transaction messages)."""
         self.db = db
         self.limit = limit
+        self.kept = kept
+        self.periodic = periodic or _periodic_201
         self.dropped = 0
         self.log = logs.get_logger("controller.ocpp.queue")
         db.execute("CREATE TABLE IF NOT EXISTS queue (id INTEGER PRIMARY KEY AUTOINCREMENT, "
@@ -56,8 +69,7 @@ class MessageQueue:
             also: Callable[[], None] | None = None) -> int:
         """Persist one message (committed when this returns); returns its row id.
         ``also`` runs in the same SQLite transaction (e.g. the seqNo update)."""
-        periodic = (action == "TransactionEvent" and payload.get("eventType") == "Updated"
-                    and payload.get("triggerReason") in _PERIODIC)
+        periodic = self.periodic(action, payload)
         with self.db:
             if len(self) >= self.limit:
                 self._make_room()
@@ -69,10 +81,10 @@ class MessageQueue:
         return int(cur.lastrowid or 0)
 
     def _make_room(self) -> None:
-        for where in ("periodic = 1", "action NOT IN ('TransactionEvent', "
-                      "'SecurityEventNotification')"):
+        marks = ",".join("?" * len(self.kept))
+        for where, args in (("periodic = 1", ()), (f"action NOT IN ({marks})", self.kept)):
             row = self.db.execute(f"SELECT id, action FROM queue WHERE {where} "
-                                  "ORDER BY id LIMIT 1").fetchone()
+                                  "ORDER BY id LIMIT 1", args).fetchone()
             if row is not None:
                 self.db.execute("DELETE FROM queue WHERE id = ?", (row[0],))
                 self.dropped += 1
@@ -103,3 +115,22 @@ class MessageQueue:
             self.db.execute("UPDATE queue SET attempts = attempts + 1 WHERE id = ?", (msg_id,))
         row = self.db.execute("SELECT attempts FROM queue WHERE id = ?", (msg_id,)).fetchone()
         return int(row[0]) if row else 0
+
+    def settle(self, msg_id: int, rewrite: Callable[[Queued], dict[str, Any] | None],
+               also: Callable[[], None] | None = None) -> int:
+        """Remove the confirmed ``msg_id`` and give every remaining row for which
+        ``rewrite`` returns a payload that payload, in one SQLite transaction with ``also``
+        (OCPP 1.6: the backend's transactionId replaces a placeholder); returns the number
+        of rows rewritten."""
+        n = 0
+        with self.db:
+            self.db.execute("DELETE FROM queue WHERE id = ?", (msg_id,))
+            for msg in self.all():
+                new = rewrite(msg)
+                if new is not None:
+                    self.db.execute("UPDATE queue SET payload = ? WHERE id = ?",
+                                    (json.dumps(new, separators=(",", ":")), msg.id))
+                    n += 1
+            if also is not None:
+                also()
+        return n

@@ -5,7 +5,6 @@ remote start/stop, triggers, reset, reports, limits for the control cycle."""
 from __future__ import annotations
 
 import asyncio
-import math
 import sqlite3
 from collections.abc import Callable
 from datetime import datetime
@@ -14,9 +13,11 @@ from typing import TYPE_CHECKING, Any
 from ocpp.v201 import call
 
 from controller.limits import STATION
+from controller.ocpp.common import AuthCache, decide_authorization
 from controller.ocpp.device_model import DeviceModel
 from controller.ocpp.queue import MessageQueue
 from controller.ocpp.smart_charging import Profiles
+from controller.ocpp.station_common import StationEvents
 from controller.ocpp.transactions import Transactions, iso, meter_value
 from controller.records import GunRecord
 from controller.session import ENERGY_STATES, GunState
@@ -29,12 +30,13 @@ _STATE = {GunState.CHARGING: "Charging", GunState.SUSPENDED_EV: "SuspendedEV",
 _TIMING = ("PowerPathClosed", "EnergyTransfer")
 
 
-class StationSide:
+class StationSide(StationEvents):
     db: sqlite3.Connection
     dm: DeviceModel
     queue: MessageQueue
     tx: Transactions
     profiles: Profiles
+    auth_cache: AuthCache
     station: Any
     cp: OcppClient | None
     online: bool
@@ -57,28 +59,18 @@ class StationSide:
 
     on_reset: Callable[[], None] | None
 
-    def put(self, action: str, payload: dict[str, Any]) -> None: ...
     def set_boot_reason(self, reason: str | None) -> None: ...
-    def apply_availability(self, g: int) -> None: ...
-    def spawn(self, coro: Any) -> None: ...
-    def _send_status(self, g: int) -> None: ...
     def _m(self, name: str) -> list[str]:
         raise NotImplementedError
-    def security_event(self, kind: str, info: str = "") -> None: ...
     async def boot_once(self, cp: OcppClient) -> int:
         raise NotImplementedError
     async def _status(self, cp: OcppClient, g: int) -> None: ...
 
     # ------------------------------------------------------------------ station events
-    def on_event(self, ev: Any) -> None:
-        """The station observer: never blocks (SQLite writes of a few rows at most)."""
+    def on_session_event(self, ev: Any) -> None:
+        """Session events → TransactionEvents (per TxStartPoint / TxStopPoint) and
+        StatusNotifications."""
         kind = ev.kind
-        if kind == "cycle":
-            self._on_cycle(ev.record)
-            return
-        if kind == "meter_sample":
-            self._on_sample(ev.gun, ev.t, ev.record)
-            return
         g = ev.gun
         start = self.dm.members("TxCtrlr", "TxStartPoint")
         stop = self.dm.members("TxCtrlr", "TxStopPoint")
@@ -116,7 +108,6 @@ class StationSide:
             else:
                 self.tx.update(g, "ChargingStateChanged", state="EVConnected", rec=rec,
                                measurands=begin, context="Sample.Periodic")
-        self._kick_sender()
 
     def _kick_sender(self) -> None:
         notify = getattr(self, "notify", None)
@@ -146,39 +137,47 @@ class StationSide:
             self.reset_pending = False
             self.spawn(self.reset(immediate=False))
 
-    def _on_sample(self, g: int, t: float, rec: GunRecord) -> None:
-        self.last[g] = rec
-        if math.isfinite(rec.voltage_v) and rec.voltage_v > 50.0:
-            self.profiles.voltage[g] = rec.voltage_v
-        tx = self.tx.open.get(g)
-        interval = self.dm.num("SampledDataCtrlr", "TxUpdatedInterval")
-        if tx is None or interval <= 0 or not self.dm.flag("SampledDataCtrlr", "Enabled"):
-            return
-        if not math.isfinite(tx.last_sample_t):
-            tx.last_sample_t = t
-        elif t - tx.last_sample_t >= interval - 1e-9:
-            tx.last_sample_t = t
-            self.tx.update(g, "MeterValuePeriodic", rec=rec,
-                           measurands=self._m("TxUpdatedMeasurands"))
-            self._kick_sender()
-
-    def _on_cycle(self, record: Any) -> None:
-        """Keep every gun's last meter reading: the station reports ``charging_started``
-        before the first ``meter_sample``, so the Started event (J02) takes the reading of
-        the cycle before (one period old)."""
-        for gr in getattr(record, "guns", None) or ():
-            if 0 <= gr.gun < self.guns:
-                self.last[gr.gun] = gr
+    def end_orphan(self, g: int, rec: GunRecord | None) -> None:
+        self.tx.end(g, "PowerLoss", rec, self._m("TxEndedMeasurands"))
+        self.profiles.tx_ended(g + 1)
         self.apply_limits()
-        interval = self.dm.num("AlignedDataCtrlr", "Interval")
-        if interval > 0 and self.dm.flag("AlignedDataCtrlr", "Enabled"):
-            slot = math.floor(self.wall().timestamp() / interval)
-            if self._aligned_slot is not None and slot != self._aligned_slot:
-                for g in list(self.tx.open):
-                    self.tx.update(g, "MeterValueClock", rec=self.last[g],
-                                   measurands=self._m("Measurands"), context="Sample.Clock")
-                self._kick_sender()
-            self._aligned_slot = slot
+
+    def sample_interval(self) -> float:
+        if not self.dm.flag("SampledDataCtrlr", "Enabled"):
+            return 0.0
+        return self.dm.num("SampledDataCtrlr", "TxUpdatedInterval")
+
+    def periodic_sample(self, g: int, rec: GunRecord) -> None:
+        self.tx.update(g, "MeterValuePeriodic", rec=rec,
+                       measurands=self._m("TxUpdatedMeasurands"))
+
+    def aligned_interval(self) -> float:
+        if not self.dm.flag("AlignedDataCtrlr", "Enabled"):
+            return 0.0
+        return self.dm.num("AlignedDataCtrlr", "Interval")
+
+    def aligned_sample(self) -> None:
+        self._aligned()
+
+    def _aligned(self) -> None:
+        """J01: the clock-aligned reading of every EVSE — in a TransactionEvent for a gun
+        with a transaction, in MeterValues for an idle one (queued: the readings of an
+        offline period are delivered later, the first to go when the queue is full).
+        SendDuringIdle: no clock-aligned values at all while a transaction is ongoing."""
+        measurands = self._m("Measurands")
+        if self.tx.open and self.dm.flag("AlignedDataCtrlr", "SendDuringIdle"):
+            return
+        for g in range(self.guns):
+            if g in self.tx.open:
+                self.tx.update(g, "MeterValueClock", rec=self.last[g], measurands=measurands,
+                               context="Sample.Clock")
+            elif self.last[g] is not None:
+                mv = meter_value(self.last[g], measurands, "Sample.Clock", iso(self.wall()))
+                if mv:
+                    self.put("MeterValues", {"evseId": g + 1, "meterValue": mv})
+        self._kick_sender()
+
+    def after_cycle(self) -> None:
         self._grid_limit()
 
     def _grid_limit(self) -> None:
@@ -200,16 +199,6 @@ class StationSide:
         self.put("NotifyChargingLimit", {"chargingLimit": {"chargingLimitSource": "EMS",
                                                            "isGridCritical": True}})
 
-    def apply_limits(self) -> None:
-        if self.station is not None:
-            self.profiles.apply(self.station.limits, self.station.clock(), self.wall())
-
-    def nameplate_w(self, evse: int) -> float:
-        if evse == 0:
-            return self.max_w
-        g = self.gun_cfg[evse - 1]
-        return float(min(self.max_w, g.cable_rating_a * g.max_voltage_v))
-
     # ------------------------------------------------------------------ authorization (C01)
     async def authorize(self, g: int, token: str | None) -> bool:
         """The station's authorizer: remote start, local pre-authorization, Authorize,
@@ -225,42 +214,20 @@ class StationSide:
             return True
         if not token:
             return False
-        cached = self._cached(token)
-        if cached == "Accepted" and self.dm.flag("AuthCtrlr", "LocalPreAuthorize"):
-            return True
+        await self.wait_connected()
         cp = self.cp
+        ask = None
         if cp is not None and self.online:
-            try:
+            async def ask() -> str:
                 r = await cp.call(call.Authorize(id_token={"id_token": token,
                                                            "type": "Central"}), suppress=False)
                 status = str(r.id_token_info["status"])
-                self._cache(token, status)
-                return status == "Accepted"
-            except Exception as exc:
-                self.log.warning("Authorize failed: offline rules apply", error=repr(exc)[:200])
-        if cached is not None and self.dm.flag("AuthCtrlr", "LocalAuthorizeOffline"):
-            return cached == "Accepted"
-        return self.dm.flag("AuthCtrlr", "OfflineTxForUnknownIdEnabled")
-
-    def _cached(self, token: str) -> str | None:
-        if not self.dm.flag("AuthCacheCtrlr", "Enabled"):
-            return None
-        row = self.db.execute("SELECT status, expires FROM auth_cache WHERE token = ?",
-                              (token,)).fetchone()
-        if row is None or row[1] < self.wall().timestamp():
-            return None
-        return str(row[0])
-
-    def _cache(self, token: str, status: str) -> None:
-        if self.dm.flag("AuthCacheCtrlr", "Enabled"):
-            life = self.dm.num("AuthCacheCtrlr", "LifeTime")
-            with self.db:
-                self.db.execute("INSERT OR REPLACE INTO auth_cache VALUES (?, ?, ?)",
-                                (token, status, self.wall().timestamp() + life))
-
-    def clear_auth_cache(self) -> None:
-        with self.db:
-            self.db.execute("DELETE FROM auth_cache")
+                self.auth_cache.put(token, status)
+                return status
+        return await decide_authorization(
+            self.auth_cache.get(token), self.dm.flag("AuthCtrlr", "LocalPreAuthorize"), ask,
+            self.dm.flag("AuthCtrlr", "LocalAuthorizeOffline"),
+            self.dm.flag("AuthCtrlr", "OfflineTxForUnknownIdEnabled"), self.log)
 
     # ------------------------------------------------------------------ backend requests
     def remote_start(self, id_token: dict[str, Any], remote_id: int, evse_id: int | None,
