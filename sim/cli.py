@@ -17,6 +17,12 @@ import sys
 from typing import Any
 
 from power.modbus_map import SIM_TARGET_ALL, SimCommand
+from power.secc_map import SeccSimCommand
+
+#: ``mwc sim fault`` kinds: the simulator's commands and the SECC bridges' (vehicle-plug, …).
+_FAULT_KINDS: dict[str, int] = {
+    c.name.lower().replace("_", "-"): int(c) for c in (*SimCommand, *SeccSimCommand)
+}
 
 _GROUP: dict[str, Any] = {}
 
@@ -36,7 +42,8 @@ def register(sub: Any) -> None:
     p = group_sub.add_parser(
         "modules", help="serve power modules, the contactor matrix and the DC meters",
         description="Port layout: module i on PORT+i (unit 1), matrix on PORT+COUNT (unit 1), "
-        "meters on PORT+COUNT+1 (unit g+1), fault control on PORT+COUNT+2. "
+        "meters on PORT+COUNT+1 (unit g+1), fault control on PORT+COUNT+2, with --trucks the "
+        "SECC bridges on PORT+COUNT+3 (unit g+1). "
         "Prints the layout as one JSON line on stdout, then serves until stopped.",
     )
     p.add_argument("--count", type=int, default=48, help="number of power modules")
@@ -51,10 +58,19 @@ def register(sub: Any) -> None:
                    help="battery stand-in voltage at each gun (V)")
     p.add_argument("--chiller", type=float, default=25.0, help="coolant supply temperature °C")
     p.add_argument("--watchdog-ms", type=int, default=1000, help="module watchdog default")
+    p.add_argument("--trucks", default=None, metavar="PRESET,…",
+                   help="one simulated truck per gun, served as SECC bridges (presets: "
+                   "eactros600, man_mcs, ccs_truck; 'none' for an empty gun); replaces the "
+                   "constant-voltage loads")
+    p.add_argument("--start-soc", type=float, default=None,
+                   help="state of charge of every truck at start, %% (default: preset)")
+    p.add_argument("--plugged", action=argparse.BooleanOptionalAction, default=True,
+                   help="trucks start plugged in (default); unplug/plug with `mwc sim fault "
+                   "vehicle-unplug|vehicle-plug --target GUN`")
     p.set_defaults(handler=_run_modules)
 
     f = group_sub.add_parser("fault", help="inject or clear a fault in a running simulator")
-    f.add_argument("kind", choices=[c.name.lower().replace("_", "-") for c in SimCommand])
+    f.add_argument("kind", choices=list(_FAULT_KINDS))
     f.add_argument("--target", type=int, default=SIM_TARGET_ALL,
                    help="module, gun, or coil index m*G+g (default: all)")
     f.add_argument("--value", type=int, default=0, help="fault code, volts or °C")
@@ -83,21 +99,63 @@ def register(sub: Any) -> None:
     demo.set_defaults(handler=lambda args: run_scenario(args.scenario, args))
 
 
+def _trucks(args: argparse.Namespace) -> list[Any] | None:
+    """The TruckSims of ``--trucks`` (None per empty gun); raises ValueError naming the bad
+    preset or count."""
+    import dataclasses
+
+    from sim.truck import PRESETS, TruckSim
+
+    if args.trucks is None:
+        return None
+    names = [n.strip() for n in args.trucks.split(",")]
+    if len(names) > args.guns:
+        raise ValueError(f"--trucks lists {len(names)} trucks for {args.guns} guns")
+    names += ["none"] * (args.guns - len(names))
+    out: list[Any] = []
+    for g, name in enumerate(names):
+        if name == "none":
+            out.append(None)
+            continue
+        if name not in PRESETS:
+            raise ValueError(f"--trucks: unknown preset {name!r} for gun {g} (known: "
+                             f"{', '.join(PRESETS)}, none)")
+        params = PRESETS[name]
+        params = dataclasses.replace(params, id_token=f"{name[:14].upper()}-{g + 1}")
+        if args.start_soc is not None:
+            params = dataclasses.replace(params, start_soc_pct=args.start_soc)
+        truck = TruckSim(params)
+        if args.plugged:
+            truck.plug_in()
+        out.append(truck)
+    return out
+
+
 async def _serve(args: argparse.Namespace) -> int:
     from controller import logs
     from sim.modbus_server import StationSimulator
     from sim.modules import ModuleParams
-    from sim.physics import ConstantVoltageLoad, StationPhysics
+    from sim.physics import ConstantVoltageLoad, GunLoad, StationPhysics
+    from sim.secc_server import serve_trucks
 
     log = logs.get_logger("sim.modules")
+    try:
+        trucks = _trucks(args)
+    except ValueError as exc:
+        print(f"mwc sim modules: {exc}", file=sys.stderr)
+        return 2
+    loads: list[GunLoad | None] = (
+        [ConstantVoltageLoad(args.load_voltage) for _ in range(args.guns)] if trucks is None
+        else list(trucks))
     physics = StationPhysics(
         args.count, args.guns, ModuleParams(watchdog_ms=args.watchdog_ms),
-        loads=[ConstantVoltageLoad(args.load_voltage) for _ in range(args.guns)],
-        chiller_c=args.chiller,
+        loads=loads, chiller_c=args.chiller,
     )
     sim = StationSimulator(physics, host=args.host, base_port=args.port,
                            gateway_port=args.gateway_port, speed=args.speed,
                            tick_s=args.tick_ms / 1000.0)
+    if trucks is not None:
+        serve_trucks(sim, trucks)
     await sim.start()
     layout = sim.describe()
     print(json.dumps(layout), flush=True)
@@ -122,7 +180,7 @@ def _run_modules(args: argparse.Namespace) -> int:
     return asyncio.run(_serve(args))
 
 
-async def send_command(host: str, port: int, command: SimCommand, target: int, value: int) -> str:
+async def send_command(host: str, port: int, command: int, target: int, value: int) -> str:
     """Write one command to a simulator's control device; returns "ok" or the error."""
     from pymodbus.client import AsyncModbusTcpClient
 
@@ -140,7 +198,7 @@ async def send_command(host: str, port: int, command: SimCommand, target: int, v
 
 
 def _run_fault(args: argparse.Namespace) -> int:
-    command = SimCommand[args.kind.upper().replace("-", "_")]
+    command = _FAULT_KINDS[args.kind]
     result = asyncio.run(send_command(args.host, args.port, command, args.target, args.value))
     print(result)
     return 0 if result == "ok" else 1

@@ -15,10 +15,11 @@ master times out, as with a pulled cable.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from pymodbus import ModbusDeviceIdentification
 from pymodbus.constants import ExcCodes
 from pymodbus.exceptions import NoSuchIdException
 from pymodbus.server import ModbusTcpServer
@@ -53,6 +54,11 @@ from sim.physics import RealTimeStepper, StationPhysics
 _BIT_FCS = frozenset({1, 2, 5, 15})
 _READ_HOLDING = 3
 _WRITE_HOLDING = frozenset({6, 16})
+
+#: What Read Device Identification (fc 43/14) answers, so `mwc doctor` has a firmware
+#: revision to report. pymodbus keeps one identity per process: every simulated device alike.
+SIM_IDENTITY = ModbusDeviceIdentification(info_name={
+    "VendorName": "mwcharge", "ProductCode": "SIM-PM40", "MajorMinorRevision": "1.0.0"})
 
 
 def _dummy_bits() -> list[SimData]:
@@ -100,8 +106,10 @@ def module_holding_registers(mod: SimModule) -> list[int]:
 class _Devices:
     """Builds the pymodbus devices for one station and holds their actions."""
 
-    def __init__(self, physics: StationPhysics) -> None:
+    def __init__(self, physics: StationPhysics,
+                 command: Callable[[int, int, int], str | None] | None = None) -> None:
         self.physics = physics
+        self.command = command or physics.apply_command
 
     # ---------------------------------------------------------------- module
     def module(self, index: int, unit: int) -> SimDevice:
@@ -237,7 +245,7 @@ class _Devices:
 
     # ---------------------------------------------------------------- control
     def control(self, unit: int) -> SimDevice:
-        physics = self.physics
+        command = self.command
 
         async def action(
             fc: int, start: int, address: int, count: int,
@@ -247,7 +255,7 @@ class _Devices:
                 return None
             if fc == 16 and address == 0 and values is not None and len(values) == 3:
                 cmd, target, value = (int(v) for v in values)
-                return ExcCodes.ILLEGAL_VALUE if physics.apply_command(cmd, target, value) else None
+                return ExcCodes.ILLEGAL_VALUE if command(cmd, target, value) else None
             return ExcCodes.ILLEGAL_FUNCTION
 
         return SimDevice(
@@ -272,6 +280,16 @@ class SimPorts:
     meters: int = 0
     control: int = 0
     gateway: int | None = None
+    extra: dict[str, int] = field(default_factory=dict)  # add_devices name -> port
+
+
+@dataclass(slots=True)
+class _Extra:
+    """Devices served on one more port (``StationSimulator.add_devices``)."""
+
+    build: Callable[[], list[SimDevice]]
+    port: int  # wanted port when the simulator has a base port (else any free one)
+    info: dict[str, object]
 
 
 class StationSimulator:
@@ -301,15 +319,40 @@ class StationSimulator:
         self.stepper = RealTimeStepper(self.physics, clock, tick_s, speed) if realtime else None
         self.ports = SimPorts(host)
         self._servers: list[ModbusTcpServer] = []
-        self._devices = _Devices(self.physics)
+        self._devices = _Devices(self.physics, self._command)
         self._fixed_ports: list[int] | None = None
+        self._extra: dict[str, _Extra] = {}
+        self._commands: dict[int, Callable[[int, int], str | None]] = {}
+
+    def add_devices(
+        self, name: str, build: Callable[[], list[SimDevice]], port: int,
+        info: Mapping[str, object] | None = None,
+        commands: Mapping[int, Callable[[int, int], str | None]] | None = None,
+    ) -> None:
+        """Serve more simulated devices (e.g. sim/secc_server.py) on one more port.
+
+        Call before ``start``. ``port`` applies when the simulator has a base port (else a
+        free port is bound); ``info`` joins the port in ``describe()[name]``; ``commands``
+        adds control-device commands, ``handler(target, value)`` → refusal text or None.
+        """
+        if self._servers:
+            raise RuntimeError("add_devices must be called before start")
+        self._extra[name] = _Extra(build, port, dict(info or {}))
+        self._commands.update(commands or {})
+
+    def _command(self, command: int, target: int, value: int) -> str | None:
+        handler = self._commands.get(command)
+        if handler is not None:
+            return handler(target, value)
+        return self.physics.apply_command(command, target, value)
 
     def advance(self, dt: float) -> None:
         """Step the physics by ``dt`` simulated seconds (external-clock mode)."""
         self.physics.step(dt)
 
     async def _serve(self, devices: SimDevice | list[SimDevice], port: int) -> int:
-        server = ModbusTcpServer(devices, address=(self.host, port), ignore_missing_devices=True)
+        server = ModbusTcpServer(devices, address=(self.host, port), ignore_missing_devices=True,
+                                 identity=SIM_IDENTITY)
         try:
             await server.serve_forever(background=True)
         except RuntimeError as exc:  # pymodbus' way of saying "address in use"
@@ -357,6 +400,10 @@ class StationSimulator:
                 fixed = self._fixed_ports
                 gw_port = fixed[m_count + 3] if fixed is not None else self.gateway_port
                 ports.gateway = await self._serve(gw, gw_port)
+            for name, extra in self._extra.items():
+                fixed_extra = self.ports.extra.get(name) if self._fixed_ports else None
+                want = fixed_extra or (extra.port if self.base_port else 0)
+                ports.extra[name] = await self._serve(extra.build(), want)
         except BaseException:
             await self.stop()
             raise
@@ -419,5 +466,6 @@ class StationSimulator:
                 "matrix_unit": GATEWAY_MATRIX_UNIT,
                 "meter_units": [gateway_meter_unit(g) for g in range(self.physics.guns)],
             },
+            **{name: {"port": p.extra.get(name), **x.info} for name, x in self._extra.items()},
         }
 
