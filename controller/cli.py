@@ -17,6 +17,7 @@ from controller import logs
 # Modules that expose register(subparsers: argparse._SubParsersAction) -> None.
 _ROOMS: tuple[str, ...] = (
     "controller.cli_station",
+    "controller.doctor",
     "sim.cli",
     "ocpp_server.cli",
 )
@@ -44,7 +45,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logs.configure(level=args.log_level, fmt=args.log_format, stream=sys.stderr)
+    # Logs go to stderr unless the command says otherwise: `mwc run` logs to stdout (journald
+    # reads it), `mwc demo` keeps stdout for its summary.
+    stream = sys.stdout if getattr(args, "log_stdout", False) else sys.stderr
+    logs.configure(level=args.log_level, fmt=args.log_format, stream=stream)
     handler = getattr(args, "handler", None)
     if handler is None:
         parser.print_help()

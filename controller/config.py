@@ -53,6 +53,9 @@ class GunConfig(_Model):
     max_voltage_v: float = Field(gt=0, le=1500)
     connector: Literal["MCS", "CCS"] = "MCS"
     meter: Address | None = None  # default: from [hardware]
+    #: The gun's SECC bridge over Modbus TCP (controller/vehicle_modbus.py); None: no vehicle
+    #: integration (the gun never sees a vehicle plugged).
+    vehicle: Address | None = None
 
 
 class ModulesConfig(_Model):
@@ -111,6 +114,15 @@ class StationSection(_Model):
     violation_fault_cycles: int = Field(default=3, ge=1)
 
 
+class MetricsConfig(_Model):
+    """The Prometheus endpoint (``controller/metrics.py``): off by default, loopback only
+    unless an integrator binds it elsewhere on purpose."""
+
+    enabled: bool = False
+    host: str = "127.0.0.1"
+    port: int = Field(default=9464, ge=1, le=65535)
+
+
 class StationConfig(_Model):
     """The whole configuration file."""
 
@@ -121,6 +133,7 @@ class StationConfig(_Model):
     hardware: HardwareLayout = HardwareLayout()
     mqtt: MqttConfig | None = None  # grid limits in, telemetry out (docs/mqtt.md); off if absent
     ocpp: OcppConfig | None = None  # the operator's backend (docs/ocpp.md); off if absent
+    metrics: MetricsConfig = MetricsConfig()  # Prometheus endpoint; off by default
 
     @model_validator(mode="after")
     def _reach_fits(self) -> StationConfig:
@@ -233,7 +246,19 @@ def _loc(parts: tuple[int | str, ...]) -> str:
     return out or "(top level)"
 
 
+_SECRET_WORDS = ("password", "passphrase", "secret", "token")
+
+
+def _shown(err: Any) -> str:
+    """The offending value for the message; never the value of a secret key."""
+    if any(w in str(part).lower() for part in err["loc"] for w in _SECRET_WORDS):
+        return "(secret, not shown)"
+    return repr(err.get("input"))
+
+
 def _format_errors(exc: ValidationError) -> str:
+    """The operator's message: location, value and what is expected; secrets are never
+    echoed, nor the values of unknown keys (a misspelled password key would be one)."""
     lines = []
     for err in exc.errors():
         loc = _loc(tuple(err["loc"]))
@@ -241,7 +266,7 @@ def _format_errors(exc: ValidationError) -> str:
             lines.append(f"{loc}: missing; expected a value for {err['loc'][-1]!r} "
                          "(see deploy/mwc.example.toml)")
         elif err["type"] == "extra_forbidden":
-            lines.append(f"{loc}: unknown key (value {err.get('input')!r}); check the spelling "
+            lines.append(f"{loc}: unknown key; check the spelling "
                          "against deploy/mwc.example.toml")
         else:
             msg = str(err["msg"]).removeprefix("Value error, ")
@@ -251,7 +276,7 @@ def _format_errors(exc: ValidationError) -> str:
             if isinstance(err.get("input"), dict):  # a whole section: the message names the key
                 lines.append(f"{loc}: {msg}")
             else:
-                lines.append(f"{loc} = {err.get('input')!r}: expected {msg}")
+                lines.append(f"{loc} = {_shown(err)}: expected {msg}")
     return "invalid configuration:\n  " + "\n  ".join(lines)
 
 

@@ -1,22 +1,153 @@
 """Logging set up once for the whole process.
 
-structlog renders every event: JSON lines in production (journald reads stdout), a readable
-console format when stdout is a terminal. The stdlib loggers of the libraries (pymodbus, ocpp,
-websockets, aiomqtt, uvicorn) are routed through the same ``ProcessorFormatter`` so that one
-process writes one format.
+structlog renders every event: JSON lines in production (``mwc run`` writes them to stdout,
+where journald reads them), a readable console format when the stream is a terminal. The
+stdlib loggers of the libraries (pymodbus, ocpp, websockets, aiomqtt, uvicorn) are routed
+through the same ``ProcessorFormatter`` so that one process writes one format.
+
+No secret reaches a log line: every event, ours or a library's, passes :func:`redact` before
+it is rendered and the rendered line passes it again. It removes the secrets registered with
+:func:`add_secret` (the configured OCPP and MQTT passwords, a BasicAuthPassword set by the
+backend, private key material; each also in its escaped and HTTP Basic forms), the value of
+any ``Authorization`` header, and the values carried by OCPP frames that set a password
+(SetVariables BasicAuthPassword, ChangeConfiguration AuthorizationKey), which the ``ocpp``
+library logs before the station has seen, let alone registered, the new password.
 """
 
 from __future__ import annotations
 
+import base64
+import json
 import logging
+import re
 import sys
-from typing import Any, Literal
+from collections.abc import Iterable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
 
 import structlog
 
+if TYPE_CHECKING:
+    from controller.config import StationConfig
+
 Format = Literal["json", "console", "auto"]
+REDACTED = "[REDACTED]"
 
 _configured = False
+_secrets: set[str] = set()
+_secret_re: re.Pattern[str] | None = None
+
+# "Authorization: Basic abc", "'Authorization': 'Bearer x'", "authorization=..."
+_AUTH_RE = re.compile(
+    r"""(?i)(authorization["']?\s*[:=]\s*["']?\s*)((?>(?:(?:basic|bearer|digest|token)\s+)?))"""
+    r"""(?!\[REDACTED\])[^\s"',;}\]]+""")
+# Frames that carry a new password: their value fields, whichever key order or quoting.
+_FRAME_MARKERS = ("BasicAuthPassword", "AuthorizationKey")
+_FRAME_VALUE_RE = re.compile(
+    r"""((?<![A-Za-z_])["']?(?:attributeValue|attribute_value|value)["']?\s*[:=]\s*)"""
+    r"""(["'])(?:\\.|(?!\2).)*\2""")
+
+
+def _forms(secret: str) -> Iterable[str]:
+    """The ways ``secret`` can appear in a rendered line: raw, JSON- and repr-escaped,
+    and JSON-escaped twice (an OCPP frame logged as a string inside a JSON line)."""
+    once = json.dumps(secret)[1:-1]
+    yield secret
+    yield once
+    yield json.dumps(secret, ensure_ascii=False)[1:-1]
+    yield repr(secret)[1:-1]
+    yield json.dumps(once)[1:-1]
+
+
+def add_secret(value: str | None, *, user: str | None = None) -> None:
+    """Never log ``value`` (nor, given ``user``, its HTTP Basic ``user:value`` token).
+
+    Values shorter than 3 characters are not registered: redacting them would shred every
+    line without protecting anything (configuration validation refuses empty passwords).
+    """
+    global _secret_re
+    if not value or len(value) < 3:
+        return
+    new = set(_forms(value))
+    for who in {user, None} if user else {None}:
+        raw = f"{who}:{value}" if who is not None else value
+        new.add(base64.b64encode(raw.encode()).decode())
+        new.add(base64.b64encode(raw.encode()).decode().rstrip("="))
+    if new <= _secrets:
+        return
+    _secrets.update(new)
+    ordered = sorted(_secrets, key=len, reverse=True)  # longest first: no partial leftovers
+    _secret_re = re.compile("|".join(re.escape(s) for s in ordered))
+
+
+def add_key_file(path: str | None) -> None:
+    """Register the base64 body lines of the PEM private key in ``path`` (if readable)."""
+    if not path:
+        return
+    try:
+        text = Path(path).read_text(encoding="ascii", errors="ignore")
+    except OSError:
+        return
+    inside = False
+    for line in text.splitlines():
+        line = line.strip()
+        if line.startswith("-----BEGIN") and "PRIVATE KEY" in line:
+            inside = True
+        elif line.startswith("-----END"):
+            inside = False
+        elif inside and len(line) >= 16 and ":" not in line:  # not a Proc-Type header
+            add_secret(line)
+
+
+def register_config_secrets(cfg: StationConfig) -> None:
+    """Register every secret of a loaded configuration (call before anything connects)."""
+    if cfg.ocpp is not None:
+        add_secret(cfg.ocpp.password, user=cfg.ocpp.station_id or cfg.station.id)
+        add_key_file(cfg.ocpp.key_file)
+    if cfg.mqtt is not None:
+        pw = cfg.mqtt.password
+        add_secret(pw.get_secret_value() if pw is not None else None, user=cfg.mqtt.username)
+        if cfg.mqtt.tls is not None:
+            add_key_file(cfg.mqtt.tls.key_file)
+
+
+def scrub(text: str) -> str:
+    """``text`` without registered secrets, Authorization values and password frames."""
+    if "uthorization" in text or "UTHORIZATION" in text:
+        text = _AUTH_RE.sub(lambda m: m.group(1) + (m.group(2) or "") + REDACTED, text)
+    if any(marker in text for marker in _FRAME_MARKERS):
+        text = _FRAME_VALUE_RE.sub(lambda m: f"{m.group(1)}{m.group(2)}{REDACTED}{m.group(2)}",
+                                   text)
+    if _secret_re is not None:
+        text = _secret_re.sub(REDACTED, text)
+    return text
+
+
+def _scrub_value(value: Any) -> Any:
+    if isinstance(value, str):
+        return scrub(value)
+    if isinstance(value, dict):
+        return {k: _scrub_value(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_scrub_value(v) for v in value]
+    if isinstance(value, bytes | bytearray):
+        return scrub(bytes(value).decode("utf-8", "replace"))
+    return value
+
+
+def redact(_logger: Any, _method: str, event: Any) -> Any:
+    """structlog processor: scrub an event dict (before rendering) or a rendered line."""
+    if isinstance(event, str):
+        return scrub(event)
+    if isinstance(event, dict):
+        return {k: _scrub_value(v) for k, v in event.items()}
+    return event
+
+
+def bind_context(**context: Any) -> None:
+    """Context added to every later event of this task and the tasks it creates
+    (``station=`` for the whole process in ``mwc run``)."""
+    structlog.contextvars.bind_contextvars(**context)
 
 
 def configure(level: str = "INFO", fmt: Format = "auto", stream: Any = None) -> None:
@@ -46,7 +177,10 @@ def configure(level: str = "INFO", fmt: Format = "auto", stream: Any = None) -> 
     )
     formatter = structlog.stdlib.ProcessorFormatter(
         foreign_pre_chain=shared,
-        processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer],
+        # redact twice: the fields before rendering (a secret split by escaping is still
+        # whole there), the line after it (objects rendered by repr, console tracebacks)
+        processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, redact,
+                    renderer, redact],
     )
     handler = logging.StreamHandler(out)
     handler.setFormatter(formatter)
@@ -55,10 +189,11 @@ def configure(level: str = "INFO", fmt: Format = "auto", stream: Any = None) -> 
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(level.upper())
-    # Libraries that are chatty at INFO stay at WARNING unless asked for DEBUG.
-    if level.upper() != "DEBUG":
-        for name in ("pymodbus", "websockets", "aiomqtt", "asyncio", "numba"):
-            logging.getLogger(name).setLevel(logging.WARNING)
+    # Libraries that are chatty at INFO stay at WARNING unless asked for DEBUG (and a later
+    # DEBUG configuration lets them speak again).
+    quiet = logging.WARNING if level.upper() != "DEBUG" else logging.NOTSET
+    for name in ("pymodbus", "websockets", "aiomqtt", "asyncio", "numba"):
+        logging.getLogger(name).setLevel(quiet)
     _configured = True
 
 

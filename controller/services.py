@@ -12,19 +12,25 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Callable, Coroutine
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from controller import logs
 from controller.config import StationConfig
 from controller.station import Station
 
+if TYPE_CHECKING:
+    from controller.metrics import MetricsExporter
+    from controller.mqtt import MqttConnection
+
 
 def mqtt_services(
     station: Station, cfg: StationConfig,
     unsubscribe: list[Callable[[], None]] | None = None,
+    connections: list[MqttConnection] | None = None,
 ) -> list[tuple[str, Coroutine[Any, Any, None]]]:
     """Grid limit source and telemetry publisher for ``station``; none when MQTT is off.
-    The telemetry observer's remover goes into ``unsubscribe`` (for a restart)."""
+    The telemetry observer's remover goes into ``unsubscribe`` (for a restart), the broker
+    connection into ``connections`` (its state for the metrics)."""
     if cfg.mqtt is None:
         return []
     from controller.grid import GridLimitSource
@@ -40,6 +46,8 @@ def mqtt_services(
     off = station.subscribe(telemetry.observe)
     if unsubscribe is not None:
         unsubscribe.append(off)
+    if connections is not None:
+        connections.append(conn)
     return [("mqtt", conn.run()), ("telemetry", telemetry.run()), ("grid", grid.run())]
 
 
@@ -55,17 +63,62 @@ async def _guard(name: str, coro: Coroutine[Any, Any, None]) -> None:
 
 
 def ocpp_service(station: Station, cfg: StationConfig) -> Any:
-    """The OCPP 2.0.1 client attached to ``station`` (observer + authorizer); None when off.
+    """The OCPP client (2.0.1 or 1.6J by ``ocpp.version``) attached to ``station`` (observer
+    + authorizer); None when off. Both expose attach/run/stop/close, ``on_reset``, ``online``
+    and ``queue`` (the persistent offline queue).
 
     Must be attached before the station runs, so no session starts unobserved.
     """
     if cfg.ocpp is None:
         return None
-    from controller.ocpp.service import OcppService
+    svc: Any
+    if cfg.ocpp.version == "1.6":
+        from controller.ocpp16.service import Ocpp16Service
 
-    svc = OcppService(cfg.ocpp, cfg)
+        svc = Ocpp16Service(cfg.ocpp, cfg)
+    else:
+        from controller.ocpp.service import OcppService
+
+        svc = OcppService(cfg.ocpp, cfg)
     svc.attach(station)
     return svc
+
+
+def watch_backend_secrets(ocpp: Any, station_id: str) -> None:
+    """Keep a password the backend stores out of the logs: the one persisted from an earlier
+    run now, and every new one (2.0.1 SetVariables BasicAuthPassword in the device model
+    ``dm``, 1.6 ChangeConfiguration AuthorizationKey in ``keys``) the moment it is written."""
+    user = getattr(ocpp, "station_id", station_id)
+    with contextlib.suppress(Exception):
+        logs.add_secret(ocpp.link_password(), user=user)
+
+    def changed(var: Any, value: str) -> None:
+        if getattr(var, "name", "") in ("BasicAuthPassword", "AuthorizationKey"):
+            logs.add_secret(value, user=user)
+
+    for store in (getattr(ocpp, "dm", None), getattr(ocpp, "keys", None)):
+        hooks = getattr(store, "on_change", None)
+        if isinstance(hooks, list):
+            hooks.insert(0, changed)  # first: before any other hook could log the value
+
+
+async def start_metrics(station: Station, cfg: StationConfig) -> MetricsExporter | None:
+    """The Prometheus endpoint when ``[metrics] enabled`` (no socket at all otherwise); a
+    port that cannot be bound is logged and the station runs on without metrics."""
+    if not cfg.metrics.enabled:
+        return None
+    from controller.metrics import MetricsExporter
+
+    exporter = MetricsExporter(station, cfg.metrics)
+    try:
+        await exporter.start()
+    except OSError as exc:
+        await exporter.close()
+        logs.get_logger("controller.services", station=cfg.station.id).error(
+            "metrics endpoint not started", host=cfg.metrics.host, port=cfg.metrics.port,
+            error=str(exc))
+        return None
+    return exporter
 
 
 async def run_services(station: Station, cfg: StationConfig, stop: asyncio.Event) -> None:
@@ -77,23 +130,37 @@ async def run_services(station: Station, cfg: StationConfig, stop: asyncio.Event
     services are closed, the station is restarted in place (``Station.restart``: setpoints
     0, contactors opened at low current, fresh state) and everything starts again (the
     client boots with reason RemoteReset). The caller still owns ``station`` and closes it.
+    The metrics endpoint (when enabled) lives across such restarts.
     """
+    logs.register_config_secrets(cfg)  # before any service connects or logs
+    logs.bind_context(station=cfg.station.id)
     log = logs.get_logger("controller.services", station=cfg.station.id)
-    while True:
-        reset = asyncio.Event()
-        await _run_once(station, cfg, stop, reset)
-        if stop.is_set() or not reset.is_set():
-            return
-        log.warning("OCPP Reset: restarting the station and its services")
-        await station.restart()
+    exporter = await start_metrics(station, cfg)
+    try:
+        while True:
+            reset = asyncio.Event()
+            await _run_once(station, cfg, stop, reset, exporter)
+            if stop.is_set() or not reset.is_set():
+                return
+            log.warning("OCPP Reset: restarting the station and its services")
+            await station.restart()
+    finally:
+        if exporter is not None:
+            await exporter.close()
 
 
 async def _run_once(station: Station, cfg: StationConfig, stop: asyncio.Event,
-                    reset: asyncio.Event) -> None:
+                    reset: asyncio.Event, exporter: MetricsExporter | None = None) -> None:
     """One life of the services: until ``stop``, or until a Reset sets ``reset``."""
     ocpp = ocpp_service(station, cfg)
+    if ocpp is not None:
+        watch_backend_secrets(ocpp, cfg.station.id)
     unsubscribe: list[Callable[[], None]] = []
-    extra = mqtt_services(station, cfg, unsubscribe)
+    connections: list[MqttConnection] = []
+    extra = mqtt_services(station, cfg, unsubscribe, connections)
+    if exporter is not None:
+        exporter.collector.ocpp = ocpp
+        exporter.collector.mqtt = connections[0] if connections else None
     if ocpp is not None:
         def on_reset() -> None:
             reset.set()
@@ -105,6 +172,8 @@ async def _run_once(station: Station, cfg: StationConfig, stop: asyncio.Event,
     try:
         await station.run(stop)
     finally:
+        if exporter is not None:  # before the database closes under a scrape
+            exporter.collector.ocpp = exporter.collector.mqtt = None
         if ocpp is not None:
             ocpp.stop()
         for t in tasks:

@@ -106,6 +106,8 @@ class Station:
         self.seq = 0
         self.overruns = 0
         self.restarts = 0
+        self.warmup_s = 0.0  # allocator compile / cache load time of the last start
+        self.jit_source = "none"  # allocator.jit_source() after start
         self.log = logs.get_logger("controller.station", station=config.station.id)
         self._observers: list[Observer] = []
         self._faults: list[str | None] = [None] * g_n
@@ -143,7 +145,7 @@ class Station:
             try:
                 obs(event)
             except Exception:
-                self.log.exception("observer failed", event=event.kind)
+                self.log.exception("observer failed", kind=event.kind)
 
     def emergency_stop(self, reason: str = "emergency stop") -> None:
         """All setpoints to 0 within one cycle (the next cycle starts at once); every session
@@ -190,7 +192,8 @@ class Station:
     # ------------------------------------------------------------------ life cycle
     async def start(self) -> None:
         """Compile the allocator, connect every device, arm the module watchdogs."""
-        await asyncio.to_thread(allocator.warm_up)
+        self.warmup_s = await asyncio.to_thread(allocator.warm_up)
+        self.jit_source = allocator.jit_source()
         snap = await self.hw.start()
         ms = self.config.station.watchdog_ms
         timeout = self.hw.config.link.timeout_s * 2

@@ -205,3 +205,14 @@ def warm_up() -> float:
     if hasattr(_kernel, "disable_compile"):  # absent with NUMBA_DISABLE_JIT=1
         _kernel.disable_compile()
     return time.perf_counter() - t0
+
+
+def jit_source() -> str:
+    """Where the kernel's machine code came from: "cache" (loaded from NUMBA_CACHE_DIR),
+    "compiled" (a cold start, ~2 s), "python" (NUMBA_DISABLE_JIT) or "none" (not warmed up)."""
+    stats = getattr(_kernel, "stats", None)
+    if stats is None:
+        return "python"
+    if sum(stats.cache_misses.values()):
+        return "compiled"
+    return "cache" if sum(stats.cache_hits.values()) else "none"

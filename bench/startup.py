@@ -1,0 +1,89 @@
+"""Benchmark: start-up time of `mwc run` to its first control cycle (issue 9).
+
+Runs the real controller process against the Modbus simulator (48 modules, 2 guns, served
+in this process) twice per round: with a cold numba cache (a fresh empty NUMBA_CACHE_DIR:
+the allocator compiles) and with a warm one (the same directory again: loaded from the
+cache). The controller logs ``first cycle done: ready`` with ``startup_s`` measured from its
+own process start (interpreter and imports included); this script reads that line.
+Goals: ≤ 1 s warm, ≤ 5 s cold. Last line JSON:
+``{"startup_s": {"cold": …, "warm": …}, "goal_met": {...}}``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import signal
+import statistics
+import sys
+import tempfile
+from pathlib import Path
+
+from sim.modbus_server import StationSimulator
+from sim.physics import StationPhysics
+
+ROOT = Path(__file__).resolve().parents[1]
+GOALS = {"warm": 1.0, "cold": 5.0}
+
+
+def _toml(layout: dict[str, object]) -> str:
+    modules, matrix, meters = layout["modules"], layout["matrix"], layout["meters"]
+    assert isinstance(modules, dict) and isinstance(matrix, dict) and isinstance(meters, dict)
+    addrs = ", ".join(f'{{ host = "127.0.0.1", port = {p} }}' for p in modules["ports"])
+    guns = "".join(
+        f'[[guns]]\ncable_rating_a = 1500.0\nmax_voltage_v = 1250.0\n'
+        f'meter = {{ host = "127.0.0.1", port = {meters["port"]}, unit = {u} }}\n'
+        for u in meters["units"])
+    return (f'[station]\nid = "BENCH-START"\nmax_kw = 1440.0\nfallback_grid_kw = 1440.0\n'
+            f'{guns}[modules]\ncount = {len(modules["ports"])}\naddresses = [{addrs}]\n'
+            f'[matrix]\naddress = {{ host = "127.0.0.1", port = {matrix["port"]} }}\n')
+
+
+async def _once(config: Path, cache: str) -> float:
+    env = {**os.environ, "NUMBA_CACHE_DIR": cache}
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "controller.cli", "--log-format", "json", "run", "--config",
+        str(config), cwd=ROOT, env=env, stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT)
+    assert proc.stdout is not None
+    try:
+        while True:
+            line = await asyncio.wait_for(proc.stdout.readline(), 60)
+            if not line:
+                raise RuntimeError("controller exited before its first cycle")
+            if b"first cycle done" in line:
+                return float(json.loads(line)["startup_s"])
+    finally:
+        if proc.returncode is None:
+            proc.send_signal(signal.SIGTERM)
+            await proc.communicate()
+
+
+async def main(rounds: int) -> dict[str, object]:
+    sim = StationSimulator(StationPhysics(48, 2), realtime=True)
+    await sim.start()
+    times: dict[str, list[float]] = {"cold": [], "warm": []}
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            config = Path(tmp) / "mwc.toml"
+            config.write_text(_toml(sim.describe()))
+            for r in range(rounds):
+                cache = str(Path(tmp) / f"numba-{r}")
+                times["cold"].append(await _once(config, cache))
+                times["warm"].append(await _once(config, cache))
+    finally:
+        await sim.stop()
+    med = {k: round(statistics.median(v), 3) for k, v in times.items()}
+    for k, v in times.items():
+        print(f"{k:>4}: median {med[k]:.3f} s over {len(v)} starts "
+              f"(min {min(v):.3f}, max {max(v):.3f}); goal ≤ {GOALS[k]} s")
+    return {"startup_s": med, "goal_s": GOALS,
+            "goal_met": {k: med[k] <= GOALS[k] for k in GOALS}}
+
+
+if __name__ == "__main__":
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--rounds", type=int, default=3)
+    print(json.dumps(asyncio.run(main(ap.parse_args().rounds))))
