@@ -416,3 +416,13 @@ def test_near_equal_voltages_still_share_a_short_pool_evenly() -> None:
     out2 = allocate(**nxt)
     check_invariants(nxt, out2)
     assert list(np.bincount(out2.module_gun, minlength=2)) == [4, 4]
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.integers(0, 6), max_size=600))
+def test_large_pool_sort_is_stable_and_ascending(keys: list[int]) -> None:
+    """The kernel's own merge sort (pools over 96 modules) orders as numpy's stable sort."""
+    from power.alloc_kernel import _argsort_merge
+
+    k = np.array(keys, dtype=np.float64)
+    assert (_argsort_merge(k) == np.argsort(k, kind="stable")).all()
