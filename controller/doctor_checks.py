@@ -35,9 +35,10 @@ from controller.ocpp import connection
 from controller.ocpp.config import OcppConfig
 from power.matrix import ModbusMatrix
 from power.meters import ModbusMeter
-from power.modbus_base import DeviceEndpoint, LinkSettings, ModbusLink
+from power.modbus_base import DeviceEndpoint, HardwareError, LinkSettings, ModbusLink
 from power.modbus_map import ModuleFault, coil_index
 from power.modules import ModbusModule
+from power.secc_map import SECC_INPUT_COUNT, SECC_INPUT_START, SeccDecodeError, decode_status
 
 #: Contactor feedback follows its coil within 15 ms; a second read this much later tells a
 #: contactor caught switching from one that disagrees for good.
@@ -197,6 +198,33 @@ async def check_meter(gun: int, ep: DeviceEndpoint, link: LinkSettings) -> str:
         raise CheckFailed(_driver_reason(s.reason, f"meter {gun}", ep))
     return (f"{s.voltage_v:.1f} V, {s.current_a:.1f} A, energy register "
             f"{s.energy_wh / 1000:.3f} kWh")
+
+
+async def check_vehicle(gun: int, ep: DeviceEndpoint, link: LinkSettings) -> str:
+    """The gun's SECC bridge: reachable, a sane status, its heartbeat moving. Read-only: a
+    raw read through the Modbus link, never the vehicle link (which writes START/STOP)."""
+    modbus = ModbusLink(ep, f"SECC gun {gun + 1}", link)
+    try:
+        first = await modbus.run_poll(lambda: modbus.read_input(SECC_INPUT_START,
+                                                                SECC_INPUT_COUNT))
+        await asyncio.sleep(0.1)
+        second = await modbus.run_poll(lambda: modbus.read_input(SECC_INPUT_START,
+                                                                 SECC_INPUT_COUNT))
+        a, b = decode_status(first), decode_status(second)
+    except HardwareError as exc:
+        raise CheckFailed(f"SECC gun {gun + 1} at {endpoint_label(ep)}: {exc}") from None
+    except SeccDecodeError as exc:
+        raise CheckFailed(f"SECC gun {gun + 1} answers nonsense: {exc}") from None
+    finally:
+        await modbus.close()
+    if a.heartbeat == b.heartbeat:
+        raise CheckFailed(f"SECC gun {gun + 1}: heartbeat stuck at {b.heartbeat} (bridge "
+                          "frozen: the controller would treat the gun as unplugged)")
+    if not b.plugged:
+        return "answering, heartbeat moving, no vehicle plugged"
+    soc = "unknown" if b.soc_pct is None else f"{b.soc_pct:.1f} %"
+    return (f"vehicle plugged: EV max {b.ev_max_current_a:.0f} A / {b.ev_max_voltage_v:.0f} V, "
+            f"SoC {soc}")
 
 
 # --------------------------------------------------------------------------- MQTT

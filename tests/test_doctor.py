@@ -425,3 +425,42 @@ async def test_backend_unreachable(tmp_path: Path, capsys: pytest.CaptureFixture
         "unknown host": "DNS: cannot resolve backend.invalid",
     }[peer]
     assert detail.startswith(expected), detail
+
+
+async def test_vehicle_links_checked_read_only(tmp_path: Path,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    """Each configured SECC bridge: a plugged truck is reported, an empty gun passes, a
+    frozen bridge (heartbeat stuck) fails; the doctor never commands the truck."""
+    from power.secc_map import SeccSimCommand
+    from sim.secc_server import serve_trucks
+    from sim.truck import TruckParams, TruckSim
+
+    trucks = [TruckSim(TruckParams(name="A")), TruckSim(TruckParams(name="B"))]
+    trucks[0].plug_in()
+    sim = StationSimulator(StationPhysics(2, 2, loads=trucks), realtime=False)
+    bridges = serve_trucks(sim, trucks)
+    await sim.start()
+    try:
+        r = Rig(sim, tmp_path, list(sim.ports.modules))
+        secc = sim.ports.extra["secc"]
+        text = r.write().read_text()
+        for g in range(2):
+            meter = f'meter = {{ host = "127.0.0.1", port = {sim.ports.meters}, unit = {g + 1} }}\n'
+            text = text.replace(meter, meter + f'vehicle = {{ host = "127.0.0.1", port = {secc}, '
+                                f"unit = {g + 1} }}\n")
+        path = tmp_path / "vehicles.toml"
+        path.write_text(text)
+        run = await mwc_doctor(path, capsys)
+        assert run.code == 0, run.out
+        status, detail = run.row("vehicle link gun 1")
+        assert status == "PASS" and "vehicle plugged: EV max 1500 A" in detail
+        status, detail = run.row("vehicle link gun 2")
+        assert status == "PASS" and "no vehicle plugged" in detail
+        assert not trucks[0].charging and trucks[0].available_a == 0.0  # nothing written
+        bridges.command(SeccSimCommand.SECC_FREEZE, 1)
+        run = await mwc_doctor(path, capsys)
+        assert run.code == 1
+        status, detail = run.row("vehicle link gun 2")
+        assert status == "FAIL" and "heartbeat stuck" in detail
+    finally:
+        await sim.stop()
