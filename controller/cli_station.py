@@ -45,11 +45,12 @@ def _vehicle_links(cfg: StationConfig) -> tuple[list[VehicleLink], list[ModbusVe
 
     links: list[VehicleLink] = []
     secc: list[ModbusVehicleLink] = []
-    for g, gun in enumerate(cfg.guns):
-        if gun.vehicle is None:
+    for g in range(len(cfg.guns)):
+        ep = cfg.vehicle_endpoint(g)
+        if ep is None:
             links.append(NoVehicleLink())
             continue
-        link = ModbusVehicleLink(gun.vehicle.endpoint(), cfg.link_settings(),
+        link = ModbusVehicleLink(ep, cfg.link_settings(),
                                  clock=time.monotonic, name=f"SECC gun {g}")
         secc.append(link)
         links.append(link)

@@ -23,6 +23,7 @@ from controller.mqtt import MqttConfig
 from controller.ocpp.config import OcppConfig
 from power.modbus_base import DeviceEndpoint, LinkSettings
 from power.modbus_driver import HardwareConfig
+from power.secc_map import secc_port, secc_unit
 
 ENV_PREFIX = "MWC__"
 
@@ -91,6 +92,9 @@ class HardwareLayout(_Model):
     poll_budget_ms: float = Field(default=80.0, gt=0)
     max_missed: int = Field(default=2, ge=1)
     heartbeat_stale_polls: int = Field(default=0, ge=0)
+    #: SECC bridges at the layout's address (port_per_device: port+M+3, unit g+1, as the
+    #: simulator serves them) for guns without their own ``vehicle``; false: only those.
+    vehicles: bool = False
 
 
 class StationSection(_Model):
@@ -136,6 +140,13 @@ class StationConfig(_Model):
     metrics: MetricsConfig = MetricsConfig()  # Prometheus endpoint; off by default
 
     @model_validator(mode="after")
+    def _vehicles_layout(self) -> StationConfig:
+        if self.hardware.vehicles and self.hardware.layout == "gateway":
+            raise ValueError("hardware.vehicles derives SECC addresses for the "
+                             "port_per_device layout only: give each [[guns]] its vehicle")
+        return self
+
+    @model_validator(mode="after")
     def _reach_fits(self) -> StationConfig:
         reach = self.matrix.reach
         if reach is None:
@@ -161,6 +172,17 @@ class StationConfig(_Model):
         if self.matrix.reach is None:
             return [[True] * g_n for _ in range(self.modules.count)]
         return [[g in row for g in range(g_n)] for row in self.matrix.reach]
+
+    def vehicle_endpoint(self, g: int) -> DeviceEndpoint | None:
+        """Gun ``g``'s SECC bridge: its own ``vehicle``, else the layout's when
+        ``hardware.vehicles``; None: the gun has no vehicle integration."""
+        gun = self.guns[g]
+        if gun.vehicle is not None:
+            return gun.vehicle.endpoint()
+        h = self.hardware
+        if not h.vehicles:
+            return None
+        return DeviceEndpoint(h.host, secc_port(h.port, self.modules.count), secc_unit(g))
 
     def link_settings(self) -> LinkSettings:
         h = self.hardware

@@ -131,11 +131,11 @@ async def run_checks(cfg: StationConfig, timeout_s: float = DEFAULT_TIMEOUT_S
     for g, ep in enumerate(hw.meters):
         jobs.append((f"meter gun {g + 1} ({endpoint_label(ep)})",
                      functools.partial(check_meter, g, ep, link)))
-    for g, gun in enumerate(cfg.guns):
-        if gun.vehicle is not None:
-            ep = gun.vehicle.endpoint()
-            jobs.append((f"vehicle link gun {g + 1} ({endpoint_label(ep)})",
-                         functools.partial(check_vehicle, g, ep, link)))
+    for g in range(len(cfg.guns)):
+        secc = cfg.vehicle_endpoint(g)
+        if secc is not None:
+            jobs.append((f"vehicle link gun {g + 1} ({endpoint_label(secc)})",
+                         functools.partial(check_vehicle, g, secc, link)))
     mqtt, ocpp = cfg.mqtt, cfg.ocpp
     jobs.append(("mqtt broker", None if mqtt is None else lambda: check_mqtt(mqtt, station_id)))
     ocpp_id = (ocpp.station_id if ocpp is not None else None) or station_id

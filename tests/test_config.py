@@ -101,3 +101,19 @@ def test_cli_run_reports_config_mistakes_without_traceback(tmp_path: Path) -> No
     assert out.returncode == 2
     assert "station.max_kw = -3: expected a value greater than 0" in out.stderr
     assert "Traceback" not in out.stderr
+
+
+def test_vehicle_addresses_explicit_or_from_the_layout() -> None:
+    """[[guns]].vehicle wins; hardware.vehicles derives the simulator's SECC layout
+    (port + M + 3, unit g + 1); neither: no vehicle integration; gateway: refused."""
+    data = config_data(modules=8)
+    assert [parse_config(data).vehicle_endpoint(g) for g in range(2)] == [None, None]
+    data["hardware"] = {"port": 16000, "vehicles": True}
+    data["guns"][1]["vehicle"] = {"host": "10.0.0.9", "port": 502, "unit": 7}
+    cfg = parse_config(data)
+    first, second = cfg.vehicle_endpoint(0), cfg.vehicle_endpoint(1)
+    assert first is not None and (first.host, first.port, first.unit) == ("127.0.0.1", 16011, 1)
+    assert second is not None and (second.host, second.port, second.unit) == ("10.0.0.9", 502, 7)
+    data["hardware"]["layout"] = "gateway"
+    with pytest.raises(ConfigError, match=r"hardware\.vehicles"):
+        parse_config(data)
