@@ -21,6 +21,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+from sim.layout import station_toml
 from sim.modbus_server import StationSimulator
 from sim.physics import StationPhysics
 
@@ -29,16 +30,8 @@ GOALS = {"warm": 1.0, "cold": 5.0}
 
 
 def _toml(layout: dict[str, object]) -> str:
-    modules, matrix, meters = layout["modules"], layout["matrix"], layout["meters"]
-    assert isinstance(modules, dict) and isinstance(matrix, dict) and isinstance(meters, dict)
-    addrs = ", ".join(f'{{ host = "127.0.0.1", port = {p} }}' for p in modules["ports"])
-    guns = "".join(
-        f'[[guns]]\ncable_rating_a = 1500.0\nmax_voltage_v = 1250.0\n'
-        f'meter = {{ host = "127.0.0.1", port = {meters["port"]}, unit = {u} }}\n'
-        for u in meters["units"])
-    return (f'[station]\nid = "BENCH-START"\nmax_kw = 1440.0\nfallback_grid_kw = 1440.0\n'
-            f'{guns}[modules]\ncount = {len(modules["ports"])}\naddresses = [{addrs}]\n'
-            f'[matrix]\naddress = {{ host = "127.0.0.1", port = {matrix["port"]} }}\n')
+    return station_toml(layout, {"id": "BENCH-START", "max_kw": 1440.0,
+                                 "fallback_grid_kw": 1440.0}, max_voltage_v=1250.0)
 
 
 async def _once(config: Path, cache: str) -> float:

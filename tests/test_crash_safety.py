@@ -29,6 +29,7 @@ from csms_fixtures import PASSWORD, add_token, make_config, provision
 
 from ocpp_server.app import CsmsServer
 from ocpp_server.repository import TxFilter
+from sim.layout import station_toml
 from sim.modbus_server import StationSimulator
 from sim.physics import StationPhysics
 from sim.secc_server import serve_trucks
@@ -42,23 +43,13 @@ WATCHDOG_MS = 500
 
 
 def _toml(sim: StationSimulator, csms_port: int, db: Path) -> str:
-    d: Any = sim.describe()
-    mods = ", ".join(f'{{ host = "127.0.0.1", port = {p} }}' for p in d["modules"]["ports"])
-    secc = sim.ports.extra["secc"]
-    guns = "".join(
-        "[[guns]]\ncable_rating_a = 1000.0\nmax_voltage_v = 1000.0\n"
-        f'meter = {{ host = "127.0.0.1", port = {d["meters"]["port"]}, unit = {g + 1} }}\n'
-        f'vehicle = {{ host = "127.0.0.1", port = {secc}, unit = {g + 1} }}\n'
-        for g in range(2))
-    return (
-        f'[station]\nid = "{STATION}"\nmax_kw = 640.0\nfallback_grid_kw = 640.0\n'
-        f"watchdog_ms = {WATCHDOG_MS}\nfree_charging = false\ncable_check_s = 0.3\n"
-        f"{guns}[modules]\ncount = {MODULES}\naddresses = [{mods}]\n"
-        f'[matrix]\naddress = {{ host = "127.0.0.1", port = {d["matrix"]["port"]} }}\n'
+    station = {"id": STATION, "max_kw": 640.0, "fallback_grid_kw": 640.0,
+               "watchdog_ms": WATCHDOG_MS, "free_charging": False, "cable_check_s": 0.3}
+    return station_toml(sim.describe(), station, cable_rating_a=1000.0, sections=(
         f'[ocpp]\nurl = "ws://127.0.0.1:{csms_port}/ocpp"\nsecurity_profile = 1\n'
         f'password = "{PASSWORD}"\ndatabase = "{db}"\nsampled_interval_s = 1.0\n'
         "retry_backoff_wait_minimum_s = 0.2\nretry_backoff_random_range_s = 0.2\n"
-        "retry_backoff_repeat_times = 1\nheartbeat_interval_s = 30.0\n")
+        "retry_backoff_repeat_times = 1\nheartbeat_interval_s = 30.0\n"))
 
 
 async def _until(what: str, cond: Callable[[], Awaitable[bool]], timeout: float,

@@ -21,6 +21,7 @@ from cycle_fixtures import SimClock, rig, small_truck
 
 from controller.sdnotify import Notifier, process_age_s
 from controller.startup import StartupWatch
+from sim.layout import station_toml
 from sim.modbus_server import StationSimulator
 from sim.physics import StationPhysics
 
@@ -114,22 +115,10 @@ async def test_ready_only_after_the_first_cycle(
         assert [m for m in n.sent if m.startswith("READY")] == [msgs[0]]  # READY once
 
 
-def _config(ports: dict[str, object], tmp_path: Path) -> Path:
-    modules = ports["modules"]
-    assert isinstance(modules, dict)
-    meters = ports["meters"]
-    assert isinstance(meters, dict)
-    lines = [
-        '[station]', 'id = "STARTUP-1"', 'max_kw = 600.0', 'fallback_grid_kw = 600.0',
-        "[[guns]]", "cable_rating_a = 1000.0", "max_voltage_v = 1000.0",
-        f'meter = {{ host = "127.0.0.1", port = {meters["port"]}, unit = 1 }}',
-        "[modules]", f"count = {len(modules['ports'])}",
-        "addresses = [" + ", ".join(f'{{ host = "127.0.0.1", port = {p} }}'
-                                    for p in modules["ports"]) + "]",
-        "[matrix]", f'address = {{ host = "127.0.0.1", port = {ports["matrix"]["port"]} }}',  # type: ignore[index]
-    ]
+def _config(layout: dict[str, object], tmp_path: Path) -> Path:
     path = tmp_path / "mwc.toml"
-    path.write_text("\n".join(lines) + "\n")
+    path.write_text(station_toml(layout, {"id": "STARTUP-1", "max_kw": 600.0,
+                                          "fallback_grid_kw": 600.0}, cable_rating_a=1000.0))
     return path
 
 

@@ -43,6 +43,7 @@ from power.secc_map import (
     secc_unit,
 )
 from sim.cli import send_command
+from sim.layout import station_toml
 from sim.modbus_server import StationSimulator
 from sim.physics import StationPhysics
 from sim.secc_server import SECC_NAME, SeccBridges, serve_trucks
@@ -309,36 +310,9 @@ async def test_station_charges_a_truck_through_its_secc_bridge() -> None:
 
 
 def _toml(layout: dict[str, Any]) -> str:
-    host = layout["host"]
-
-    def addr(port: int, unit: int = 1) -> str:
-        return f'{{ host = "{host}", port = {port}, unit = {unit} }}'
-
-    guns = "".join(
-        f"""
-[[guns]]
-cable_rating_a = 1500.0
-max_voltage_v = 1000.0
-connector = "MCS"
-meter = {addr(layout["meters"]["port"], layout["meters"]["units"][g])}
-vehicle = {addr(layout[SECC_NAME]["port"], layout[SECC_NAME]["units"][g])}
-""" for g in range(2))
-    modules = ", ".join(addr(p) for p in layout["modules"]["ports"])
-    return f"""
-[station]
-id = "SECC-XPROC"
-max_kw = 1440.0
-fallback_grid_kw = 1440.0
-free_charging = true
-cable_check_s = 0.3
-{guns}
-[modules]
-count = 8
-addresses = [{modules}]
-
-[matrix]
-address = {addr(layout["matrix"]["port"])}
-"""
+    return station_toml(layout, {"id": "SECC-XPROC", "max_kw": 1440.0,
+                                 "fallback_grid_kw": 1440.0, "free_charging": True,
+                                 "cable_check_s": 0.3})
 
 
 async def _currents(meters: list[ModbusMeter]) -> list[float]:
