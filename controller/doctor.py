@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import functools
 import json
+import logging
 import sys
 import time
 from collections.abc import Awaitable, Callable
@@ -37,7 +38,10 @@ from controller.doctor_checks import (
     endpoint_label,
     stored_password,
 )
+from controller.doctor_power_unit import check_power_unit
 from power.modbus_base import LinkSettings
+from power.modbus_driver import HardwareConfig
+from power.power_unit import PowerUnitConfig
 
 Status = Literal["PASS", "FAIL", "SKIP"]
 
@@ -123,11 +127,16 @@ async def run_checks(cfg: StationConfig, timeout_s: float = DEFAULT_TIMEOUT_S
     link = _link(cfg, timeout_s)
     station_id = cfg.station.id
     jobs: list[tuple[str, Callable[[], Awaitable[str]] | None]] = []
-    for i, ep in enumerate(hw.modules):
+    if isinstance(hw, PowerUnitConfig):  # one device: the unit, its modules and matrix
+        jobs.append((f"power unit ({endpoint_label(hw.unit)})",
+                     functools.partial(check_power_unit, hw, link, cfg.modules)))
+    for i, ep in enumerate(() if isinstance(hw, PowerUnitConfig) else hw.modules):
         jobs.append((f"module {i + 1} ({endpoint_label(ep)})",
                      functools.partial(check_module, i, ep, link, cfg.modules)))
-    jobs.append((f"matrix feedback ({endpoint_label(hw.matrix)})",
-                 lambda: check_matrix(len(hw.modules), hw.guns, hw.matrix, link)))
+    if isinstance(hw, HardwareConfig):
+        mx = hw
+        jobs.append((f"matrix feedback ({endpoint_label(hw.matrix)})",
+                     lambda: check_matrix(len(mx.modules), mx.guns, mx.matrix, link)))
     for g, ep in enumerate(hw.meters):
         jobs.append((f"meter gun {g + 1} ({endpoint_label(ep)})",
                      functools.partial(check_meter, g, ep, link)))
@@ -192,6 +201,10 @@ def render_json(report: Report) -> str:
 
 
 def _run(args: argparse.Namespace) -> int:
+    # Every failure is a row of the table: the libraries' own warnings (pymodbus says
+    # "Failed to connect" per device) would only interleave with it on a terminal.
+    for name in logs.FOLDED_LIBRARIES:
+        logging.getLogger(name).setLevel(logging.ERROR)
     report = asyncio.run(diagnose(args.config, args.timeout))
     out = render_json(report) if args.json else render_table(report)
     sys.stdout.write(out + "\n")

@@ -15,7 +15,7 @@ Times are seconds on the controller's injected monotonic clock.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 
 STATION = "station"
@@ -73,9 +73,20 @@ class LimitBook:
 
     _limits: dict[tuple[str, str], Limit] = field(default_factory=dict)
     _fallbacks: dict[tuple[str, str], Limit] = field(default_factory=dict)
+    #: Called as ``on_decrease(scope, key, limit)`` when ``set`` lowers the scope's
+    #: effective value (at the limit's ``issued_at``): the station wakes its cycle at once
+    #: instead of waiting for the period. Increases do not call it (they keep the period).
+    on_decrease: Callable[[str, str, Limit], None] | None = None
 
     def set(self, scope: str, key: str, limit: Limit) -> None:
+        if self.on_decrease is None:
+            self._limits[(scope, key)] = limit
+            return
+        now = limit.issued_at
+        before = self.effective(scope, now).value
         self._limits[(scope, key)] = limit
+        if self.effective(scope, now).value < before:
+            self.on_decrease(scope, key, limit)
 
     def clear(self, scope: str, key: str) -> None:
         self._limits.pop((scope, key), None)

@@ -55,7 +55,9 @@ Python: the reference the tests compare the compiled kernel against.
 
 from __future__ import annotations
 
+import asyncio
 import enum
+import threading
 import time
 from typing import Any, NamedTuple
 
@@ -63,6 +65,7 @@ import numpy as np
 import numpy.typing as npt
 
 from power import alloc_kernel as _k
+from power import jit_cache
 
 _kernel: Any = _k.allocate_kernel  # a numba dispatcher; its call signature is untyped
 
@@ -98,7 +101,11 @@ _ERR_TEXT = {
     _k.ERR_RANGE: "contains a gun index outside -1 .. G-1",
 }
 
-_ready = False  # warm_up() has compiled the kernel and frozen its signature
+#: The kernel allocate() calls: None before start-up, the pure-Python reference while the
+#: numba kernel compiles elsewhere (``use_reference``), the dispatcher after ``warm_up``.
+_active: Any = None
+_on_reference = False
+_warm_lock = threading.Lock()
 
 _F8 = np.dtype(np.float64)
 _I8 = np.dtype(np.int64)
@@ -148,8 +155,10 @@ def allocate(
     switch_threshold_a: float = 5.0,
 ) -> Allocation:
     """Decide module connections and setpoints for one cycle (see the module docstring)."""
-    if not _ready:
+    kernel = _active
+    if kernel is None:
         warm_up()
+        kernel = _active
     try:
         m_n, g_n = len(module_max_a), len(gun_request_a)
     except TypeError as exc:
@@ -159,15 +168,17 @@ def allocate(
     gcur = np.empty(g_n)
     bind = np.empty(g_n, dtype=np.int8)
     try:
+        if kernel is not _kernel:
+            raise TypeError  # the reference checks nothing itself: always coerce
         # Fast path: numba itself checks dtypes, dimensions and layout against the one
         # compiled signature (compiling anew is disabled after warm_up).
-        code = _kernel(
+        code = kernel(
             gun_request_a, gun_voltage_v, gun_max_a, gun_weight, module_max_a, module_max_w,
             module_gun, module_current_a, reach, station_max_w, switch_threshold_a,
             out_gun, setp, gcur, bind,
         )
     except TypeError:
-        code = _kernel(
+        code = kernel(
             *_coerce(
                 gun_request_a, gun_voltage_v, gun_max_a, gun_weight, module_max_a,
                 module_max_w, module_gun, module_current_a, reach,
@@ -187,32 +198,69 @@ def warm_up() -> float:
     Call once at start-up, before the first control cycle. Afterwards numba may not compile
     again: other dtypes are converted by :func:`allocate` instead of compiled in a cycle.
     """
-    global _ready
+    global _active, _on_reference
     t0 = time.perf_counter()
-    _ready = True
-    allocate(
-        gun_request_a=np.array([10.0, 0.0]),
-        gun_voltage_v=np.array([800.0, 0.0]),
-        gun_max_a=np.array([100.0, 100.0]),
-        gun_weight=np.ones(2),
-        module_max_a=np.array([100.0, 0.0]),
-        module_max_w=np.array([40e3, 40e3]),
-        module_gun=np.array([-1, 0]),
-        module_current_a=np.zeros(2),
-        reach=np.ones((2, 2), dtype=bool),
-        station_max_w=1e6,
-    )
-    if hasattr(_kernel, "disable_compile"):  # absent with NUMBA_DISABLE_JIT=1
-        _kernel.disable_compile()
+    with _warm_lock:
+        if _active is _kernel:
+            return time.perf_counter() - t0
+        _run_sample(_kernel)
+        if hasattr(_kernel, "disable_compile"):  # absent with NUMBA_DISABLE_JIT=1
+            _kernel.disable_compile()
+        _active = _kernel  # the switch: the next allocate() runs the compiled kernel
+        _on_reference = False
     return time.perf_counter() - t0
+
+
+def _run_sample(kernel: Any) -> None:
+    """One call of ``kernel`` on a tiny instance: compiles it (or loads it from the cache)
+    without touching ``_active``, so cycles go on meanwhile on the reference."""
+    out = (np.empty(2, dtype=np.int64), np.empty(2), np.empty(2), np.empty(2, dtype=np.int8))
+    code = kernel(np.array([10.0, 0.0]), np.array([800.0, 0.0]), np.array([100.0, 100.0]),
+                  np.ones(2), np.array([100.0, 0.0]), np.array([40e3, 40e3]),
+                  np.array([-1, 0], dtype=np.int64), np.zeros(2), np.ones((2, 2), dtype=bool),
+                  1e6, 5.0, *out)
+    if code != _k.ERR_OK:
+        raise RuntimeError(f"allocator kernel warm-up failed with code {code}")
+
+
+def use_reference() -> None:
+    """Run :func:`allocate` on the pure-Python reference (``power/alloc_reference.py``)
+    until :func:`warm_up` switches to the compiled kernel: ready at once, cold or warm."""
+    global _active, _on_reference
+    from power.alloc_reference import reference_kernel
+
+    ref = reference_kernel()
+    with _warm_lock:
+        if _active is None:
+            _active, _on_reference = ref, True
+
+
+def kernel_cached() -> bool:
+    """True when NUMBA_CACHE_DIR holds this kernel's machine code (a warm start)."""
+    return jit_cache.kernel_cached()
 
 
 def jit_source() -> str:
     """Where the kernel's machine code came from: "cache" (loaded from NUMBA_CACHE_DIR),
-    "compiled" (a cold start, ~2 s), "python" (NUMBA_DISABLE_JIT) or "none" (not warmed up)."""
+    "compiled" (a cold start, ~2 s), "python" (NUMBA_DISABLE_JIT), "reference" (the
+    pure-Python reference runs while the kernel is being prepared) or "none" (not warmed up)."""
+    if _on_reference:
+        return "reference"
     stats = getattr(_kernel, "stats", None)
     if stats is None:
         return "python"
     if sum(stats.cache_misses.values()):
         return "compiled"
     return "cache" if sum(stats.cache_hits.values()) else "none"
+
+
+async def prepare(compile_timeout_s: float = 300.0) -> float:
+    """The background half of a start (after :func:`use_reference`): compile the kernel in
+    another process when the cache is cold, load it in a thread, switch. Returns the seconds
+    until the switch; cycles run on the reference meanwhile, so there is no gap."""
+    t0 = time.perf_counter()
+    if _active is not _kernel:
+        if hasattr(_kernel, "stats") and not kernel_cached():
+            await jit_cache.compile_elsewhere(compile_timeout_s)
+        await asyncio.to_thread(warm_up)
+    return time.perf_counter() - t0

@@ -10,8 +10,10 @@ that ``cache=True`` never fails at import on a read-only install.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import os
+import sys
 import tempfile
 from collections.abc import Iterable
 from pathlib import Path
@@ -66,3 +68,36 @@ def enter() -> str:
 def leave(previous: str) -> None:
     """Restore numba's cache setting (the kernels keep the directory they were given)."""
     config.CACHE_DIR = previous
+
+
+def kernel_cached() -> bool:
+    """True when the cache directory holds ``allocate_kernel`` for this Python (warm start)."""
+    scoped = base_dir() / f"allocator-{source_tag(KERNEL_SOURCES)}"
+    tag = f"py{sys.version_info.major}{sys.version_info.minor}"
+    return scoped.is_dir() and any(scoped.rglob(f"alloc_kernel.allocate_kernel-*.{tag}.nbi"))
+
+
+async def compile_elsewhere(timeout_s: float = 300.0) -> int:
+    """Compile the kernel into the cache in a separate process (``python -m
+    power.jit_cache``), so this process's event loop keeps its cycle meanwhile; returns the
+    exit code (-1 on timeout)."""
+    env = {**os.environ, "NUMBA_CACHE_DIR": str(base_dir())}
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "power.jit_cache", env=env,
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL)
+    try:
+        return await asyncio.wait_for(proc.wait(), timeout_s)
+    except TimeoutError:
+        proc.kill()
+        await proc.wait()
+        return -1
+    except asyncio.CancelledError:
+        proc.kill()
+        await proc.wait()
+        raise
+
+
+if __name__ == "__main__":  # the compile of compile_elsewhere
+    import importlib
+
+    importlib.import_module("power.allocator").warm_up()
