@@ -21,13 +21,21 @@ from dataclasses import dataclass, field
 
 from controller.cycle import Commands, SetOutput
 from controller.vehicle import VehicleLink
-from power.modbus_driver import Hardware, HardwareError
+from power.hardware_api import StationHardware as Hardware
+from power.modbus_driver import HardwareError
 
 
 @dataclass(slots=True)
 class ApplyResult:
     errors: list[str] = field(default_factory=list)
     late: int = 0  # commands cancelled at the timeout
+    #: (device, message) of every failed command, for log folding ("module 3", "matrix")
+    failures: list[tuple[str, str]] = field(default_factory=list)
+    failed: list[str] = field(default_factory=list)  # the failed calls' names
+
+
+def _device(what: str, name: str) -> str:
+    return "matrix" if what in ("open", "close") else " ".join(name.split()[:2])
 
 
 async def _phase(what: str, calls: list[tuple[str, Awaitable[None]]], timeout_s: float,
@@ -43,13 +51,19 @@ async def _phase(what: str, calls: list[tuple[str, Awaitable[None]]], timeout_s:
         result.late += len(pending)
     for (name, _), t in zip(calls, tasks, strict=True):
         if t.cancelled():
-            result.errors.append(f"{what} {name}: no answer within {timeout_s * 1000:.0f} ms")
-            continue
-        exc = t.exception()
-        if isinstance(exc, HardwareError | ValueError):
-            result.errors.append(f"{what} {name}: {exc}")
+            msg = f"{what} {name}: no answer within {timeout_s * 1000:.0f} ms"
+        elif isinstance(exc := t.exception(), HardwareError | ValueError):
+            msg = f"{what} {name}: {exc}"
         elif exc is not None:
-            result.errors.append(f"{what} {name}: unexpected {exc!r}")
+            msg = f"{what} {name}: unexpected {exc!r}"
+        else:
+            continue
+        result.errors.append(msg)
+        result.failed.append(name)
+        result.failures.append((_device(what, name), msg))
+
+
+run_phase = _phase  # for the stop sequence (controller/shutdown.py)
 
 
 def _outputs(hw: Hardware, items: list[SetOutput]) -> list[tuple[str, Awaitable[None]]]:

@@ -23,6 +23,8 @@ from controller.mqtt import MqttConfig
 from controller.ocpp.config import OcppConfig
 from power.modbus_base import DeviceEndpoint, LinkSettings
 from power.modbus_driver import HardwareConfig
+from power.modbus_map import meter_unit
+from power.power_unit import PowerUnitConfig
 from power.secc_map import secc_port, secc_unit
 
 ENV_PREFIX = "MWC__"
@@ -33,7 +35,7 @@ class ConfigError(Exception):
 
 
 class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)  # NaN, inf: never
 
 
 class Address(_Model):
@@ -85,7 +87,9 @@ class MatrixConfig(_Model):
 class HardwareLayout(_Model):
     """How device addresses are derived when not listed one by one."""
 
-    layout: Literal["port_per_device", "gateway"] = "port_per_device"
+    #: power_unit: one power-unit controller in front of every module (docs/modbus-map.md,
+    #: "Power unit"): the unit on ``port``, the meters on port+1 (unit g+1).
+    layout: Literal["port_per_device", "gateway", "power_unit"] = "port_per_device"
     host: str = "127.0.0.1"
     port: int = Field(default=15020, ge=1, le=65535)
     timeout_ms: float = Field(default=60.0, gt=0)
@@ -95,6 +99,9 @@ class HardwareLayout(_Model):
     #: SECC bridges at the layout's address (port_per_device: port+M+3, unit g+1, as the
     #: simulator serves them) for guns without their own ``vehicle``; false: only those.
     vehicles: bool = False
+    #: power_unit layout: parallel connections to the unit (requests in flight together);
+    #: 0: one per request of a poll (5 at 48 modules, 9 at 96), at most 8.
+    power_unit_connections: int = Field(default=0, ge=0, le=16)
 
 
 class StationSection(_Model):
@@ -114,8 +121,39 @@ class StationSection(_Model):
     precharge_timeout_s: float = Field(default=10.0, gt=0)
     finishing_timeout_s: float = Field(default=5.0, gt=0)
     vehicle_timeout_s: float = Field(default=1.0, gt=0)
+    #: A vehicle link silent this long ends the session (EVDisconnected); shorter silences
+    #: only pause the gun at 0 A (after vehicle_timeout_s) and resume (docs/control-cycle.md).
+    vehicle_silence_s: float = Field(default=30.0, ge=1.0, le=600.0)
     suspend_after_s: float = Field(default=1.0, ge=0)
     violation_fault_cycles: int = Field(default=3, ge=1)
+    #: Stop sequence: how long to wait for every module to measure ≤ the switch threshold
+    #: before its contactors open; one not drained by then is disabled and reported.
+    drain_timeout_s: float = Field(default=3.0, gt=0, le=60)
+    #: Latched module faults: fault resets that clear the latch before a module that keeps
+    #: faulting is left out of the pool; the first reset waits fault_reset_backoff_s, each
+    #: re-fault doubles it (docs/control-cycle.md, "Latched module faults").
+    fault_reset_tries: int = Field(default=3, ge=0, le=20)
+    fault_reset_backoff_s: float = Field(default=1.0, gt=0, le=600)
+    #: Repeated device errors fold into one log line per device per this interval.
+    log_fold_s: float = Field(default=10.0, gt=0, le=3600)
+
+
+    @model_validator(mode="after")
+    def _silence_after_timeout(self) -> StationSection:
+        if self.vehicle_silence_s < self.vehicle_timeout_s:
+            raise ValueError(f"vehicle_silence_s = {self.vehicle_silence_s} is shorter than "
+                             f"vehicle_timeout_s = {self.vehicle_timeout_s}: a silent vehicle "
+                             "link must first pause the gun at 0 A, then end the session")
+        return self
+
+
+class ControlConfig(_Model):
+    """The local control socket of `mwc run` (``controller/control_socket.py``): how
+    `mwc clear-fault` on the cabinet PC reaches the running controller. File permissions
+    (0660, the service's user and group) are its access control."""
+
+    enabled: bool = True
+    socket: str = Field(default="/run/mwcharge/control.sock", min_length=1)
 
 
 class MetricsConfig(_Model):
@@ -125,6 +163,30 @@ class MetricsConfig(_Model):
     enabled: bool = False
     host: str = "127.0.0.1"
     port: int = Field(default=9464, ge=1, le=65535)
+
+
+class WebviewConfig(_Model):
+    """The live view (``controller/webview.py``): off by default; loopback unless an
+    integrator opens it to the LAN, and then only with TLS and a bearer token."""
+
+    enabled: bool = False
+    host: str = "127.0.0.1"
+    port: int = Field(default=8088, ge=0, le=65535)  # 0: a free port (tests, the demo)
+    rate_hz: float = Field(default=4.0, ge=2.0, le=5.0)
+    history_s: float = Field(default=300.0, ge=10.0, le=3600.0)
+    token: str | None = Field(default=None, min_length=16)
+    certfile: str | None = None
+    keyfile: str | None = None
+
+    @model_validator(mode="after")
+    def _lan_needs_tls_and_token(self) -> WebviewConfig:
+        if (self.certfile is None) != (self.keyfile is None):
+            raise ValueError("webview.certfile and webview.keyfile go together")
+        loopback = self.host in ("127.0.0.1", "::1", "localhost")
+        if not loopback and (self.token is None or self.certfile is None):
+            raise ValueError(f"webview.host = {self.host!r} is not loopback: set "
+                             "webview.token and webview.certfile/keyfile (TLS)")
+        return self
 
 
 class StationConfig(_Model):
@@ -138,12 +200,23 @@ class StationConfig(_Model):
     mqtt: MqttConfig | None = None  # grid limits in, telemetry out (docs/mqtt.md); off if absent
     ocpp: OcppConfig | None = None  # the operator's backend (docs/ocpp.md); off if absent
     metrics: MetricsConfig = MetricsConfig()  # Prometheus endpoint; off by default
+    control: ControlConfig = ControlConfig()  # local control socket (mwc clear-fault)
+    webview: WebviewConfig = WebviewConfig()  # live view page; off by default, loopback
 
     @model_validator(mode="after")
     def _vehicles_layout(self) -> StationConfig:
         if self.hardware.vehicles and self.hardware.layout == "gateway":
             raise ValueError("hardware.vehicles derives SECC addresses for the "
                              "port_per_device layout only: give each [[guns]] its vehicle")
+        return self
+
+    @model_validator(mode="after")
+    def _power_unit_layout(self) -> StationConfig:
+        if self.hardware.layout == "power_unit" and (
+                self.modules.addresses is not None or self.matrix.address is not None):
+            raise ValueError("hardware.layout = \"power_unit\": every module and the matrix "
+                             "answer at the unit (hardware.host/port); remove "
+                             "modules.addresses and matrix.address")
         return self
 
     @model_validator(mode="after")
@@ -190,10 +263,17 @@ class StationConfig(_Model):
                             poll_budget_s=h.poll_budget_ms / 1000.0, max_missed=h.max_missed,
                             heartbeat_stale_polls=h.heartbeat_stale_polls)
 
-    def hardware_config(self) -> HardwareConfig:
+    def hardware_config(self) -> HardwareConfig | PowerUnitConfig:
         """Driver configuration: explicit addresses where given, else the [hardware] layout."""
         h, m_n, g_n = self.hardware, self.modules.count, len(self.guns)
         link = self.link_settings()
+        if h.layout == "power_unit":
+            return PowerUnitConfig(
+                DeviceEndpoint(h.host, h.port, 1), m_n,
+                tuple(g.meter.endpoint() if g.meter else
+                      DeviceEndpoint(h.host, h.port + 1, meter_unit(i))
+                      for i, g in enumerate(self.guns)),
+                link, h.power_unit_connections)
         if h.layout == "gateway":
             base = HardwareConfig.gateway(h.host, h.port, m_n, g_n, link)
         else:
@@ -318,6 +398,8 @@ def load_config(path: str | Path, env: Mapping[str, str] | None = None) -> Stati
         text = p.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError(f"cannot read configuration file {str(p)!r}: {exc.strerror}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{p}: not UTF-8 text (byte {exc.start})") from None
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:

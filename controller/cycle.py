@@ -72,6 +72,7 @@ class StationParams:
                 precharge_timeout_s=st.precharge_timeout_s,
                 finishing_timeout_s=st.finishing_timeout_s, suspend_after_s=st.suspend_after_s,
                 low_current_a=st.switch_threshold_a, free_charging=st.free_charging,
+                vehicle_silence_s=st.vehicle_silence_s,
             ),
         )
 
@@ -101,9 +102,15 @@ def vehicle_limits(book: LimitBook, g: int, status: VehicleStatus, timeout_s: fl
         return
     t, exp = status.read_at, status.read_at + timeout_s
     book.set(gun(g), KEY_EV_MAX,
-             Limit(max(0.0, status.ev_max_current_a), f"{KEY_EV_MAX}:vehicle", t, exp))
+             Limit(_amps(status.ev_max_current_a), f"{KEY_EV_MAX}:vehicle", t, exp))
     book.set(gun(g), KEY_EV_REQUEST,
-             Limit(max(0.0, status.request_a), f"{KEY_EV_REQUEST}:vehicle", t, exp))
+             Limit(_amps(status.request_a), f"{KEY_EV_REQUEST}:vehicle", t, exp))
+
+
+def _amps(value: float) -> float:
+    """A vehicle's current as a limit: NaN, infinite or negative is 0 A (a link that
+    reports nonsense gets nothing, not everything)."""
+    return value if math.isfinite(value) and value > 0.0 else 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,8 +161,9 @@ def module_view(snap: HardwareSnapshot, p: StationParams) -> ModuleView:
     for m in range(m_n):
         ms: ModuleState = snap.modules[m]
         reason = _module_reason(ms)
-        i = ms.current_a
-        cur[m] = i if math.isfinite(i) else unknown_i
+        i = ms.known_current_a  # lost or stale: unknown, never taken as low (not last-known)
+        last = abs(ms.current_a) if math.isfinite(ms.current_a) else 0.0
+        cur[m] = i if math.isfinite(i) else max(unknown_i, last)
         if ms.rating is not None:
             max_w[m] = ms.rating.rated_power_w
         if fb[m] == -2:
@@ -169,7 +177,7 @@ def module_view(snap: HardwareSnapshot, p: StationParams) -> ModuleView:
             rated = ms.rating.rated_current_a if ms.rating else p.module_rated_a[m]
             max_a[m] = min(max(0.0, ms.available_current_a), rated)
         reasons.append(reason)
-    if not mx.available:  # no switching without a matrix: keep every module where it is
+    if not mx.fresh:  # no switching without a fresh matrix: keep every module where it is
         cur[:] = np.maximum(cur, unknown_i)
     return ModuleView(max_a, max_w, cur, gun_now, tuple(reasons))
 

@@ -135,6 +135,7 @@ def _step_sessions(inp: CycleInputs, p: StationParams, closed_per_gun: list[int]
         fault = inp.emergency or (inp.faults[g] if inp.faults else None)
         gi = GunInputs(
             vehicle=v, vehicle_fresh=fresh,
+            vehicle_lost=inp.now - v.read_at > p.timing.vehicle_silence_s,
             meter_voltage_v=meter.voltage_v if meter.available else math.nan,
             meter_current_a=meter.current_a if meter.available else math.nan,
             energy_wh=meter.energy_wh,

@@ -150,6 +150,52 @@ def bind_context(**context: Any) -> None:
     structlog.contextvars.bind_contextvars(**context)
 
 
+#: Loggers whose repeated warnings are folded (a library warns once per failed connect).
+FOLDED_LIBRARIES = ("pymodbus",)
+_DIGITS_RE = re.compile(r"\d+")
+
+
+class LibraryFold(logging.Filter):
+    """Folds a library's repeated log lines: the first line of a kind (its text with the
+    numbers taken out, so one port or another is the same kind) passes, the repeats within
+    ``interval_s`` are dropped and counted, and the next one after the interval passes with
+    ``(N more like this in the last … s)``. Only loggers under ``FOLDED_LIBRARIES``."""
+
+    def __init__(self, interval_s: float = 10.0) -> None:
+        super().__init__()
+        self.interval_s = interval_s
+        self._seen: dict[str, tuple[float, int]] = {}  # kind → (window start, dropped)
+        self.dropped = 0
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not record.name.startswith(FOLDED_LIBRARIES):
+            return True
+        try:
+            kind = _DIGITS_RE.sub("#", record.getMessage())
+        except Exception:  # a malformed library record: let it through as it is
+            return True
+        now = record.created
+        start, dropped = self._seen.get(kind, (-float("inf"), 0))
+        if now - start < self.interval_s:
+            self._seen[kind] = (start, dropped + 1)
+            self.dropped += 1
+            return False
+        self._seen[kind] = (now, 0)
+        if dropped:
+            record.msg = (f"{record.getMessage()} ({dropped} more like this in the last "
+                          f"{self.interval_s:g} s)")
+            record.args = None
+        return True
+
+
+_fold = LibraryFold()
+
+
+def set_fold_interval(seconds: float) -> None:
+    """The library fold interval (``station.log_fold_s``; ``mwc run`` sets it)."""
+    _fold.interval_s = seconds
+
+
 def configure(level: str = "INFO", fmt: Format = "auto", stream: Any = None) -> None:
     """Configure structlog and the stdlib root logger; later calls reconfigure."""
     global _configured
@@ -184,6 +230,7 @@ def configure(level: str = "INFO", fmt: Format = "auto", stream: Any = None) -> 
     )
     handler = logging.StreamHandler(out)
     handler.setFormatter(formatter)
+    handler.addFilter(_fold)
     root = logging.getLogger()
     for old in list(root.handlers):
         root.removeHandler(old)

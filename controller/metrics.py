@@ -217,6 +217,16 @@ class StationCollector(Collector):
             temp.add_metric([k, "outlet"], m.outlet_c)
             temp.add_metric([k, "internal"], m.internal_c)
         yield from (state, why, on_gun, cur, setp, avail, temp)
+        policy = self.station.module_faults
+        yield CounterMetricFamily("mwc_module_fault_resets_total",
+                                  "Fault-reset register writes that cleared a latched module "
+                                  "fault (docs/control-cycle.md)", value=float(policy.resets_total))
+        given = GaugeMetricFamily("mwc_module_fault_given_up", "1 for a module whose latched "
+                                  "fault kept coming back: out of the pool until cleared",
+                                  labels=lab)
+        for idx in policy.given_up:
+            given.add_metric([str(idx + 1)], 1.0)
+        yield given
 
     def _limits(self) -> Iterator[Metric]:
         st = self.station

@@ -65,10 +65,13 @@ class SafetyMonitor:
         """The measured values of this poll against the invariants (see module docstring)."""
         p = self.params
         out: list[Violation] = []
-        cur = np.array([m.current_a if m.available else math.nan for m in snap.modules])
-        closed = snap.matrix.closed if snap.matrix.available else None
+        # unknown is not last-known: a lost or stale module's current is NaN, never judged
+        cur = np.array([m.known_current_a for m in snap.modules])
+        closed = snap.matrix.closed if snap.matrix.fresh else None
         if closed is not None and closed.shape == (p.modules, p.guns):
             out += self._matrix_checks(closed, cur)
+        else:  # no fresh matrix: a change seen later cannot be dated, so it is not judged
+            self._prev_closed = self._prev_current = None
         mems = [m for m in self._mem if len(m.applied_a) == p.modules]
         if mems:
             out += self._limit_checks(snap, cur, closed, mems)
@@ -99,7 +102,7 @@ class SafetyMonitor:
         tol_a, frac = self.tolerance_a, self.tolerance_frac
         cap = max(m.station_cap_w for m in mems)
         power = sum(mt.power_w for mt in snap.meters
-                    if mt.available and math.isfinite(mt.power_w))
+                    if mt.fresh and math.isfinite(mt.power_w))
         gun_of = (np.where(closed.any(axis=1), np.argmax(closed, axis=1), -1)
                   if closed is not None else np.full(p.modules, -1))
         if power > cap * (1 + frac) + 1000.0:
@@ -110,7 +113,7 @@ class SafetyMonitor:
         for g in range(p.guns):
             lim = max(float(m.gun_limit_a[g]) for m in mems if len(m.gun_limit_a) > g)
             mt = snap.meters[g]
-            i = mt.current_a if mt.available else float(np.nansum(cur[gun_of == g]))
+            i = mt.current_a if mt.fresh else float(np.nansum(cur[gun_of == g]))
             if math.isfinite(i) and i > lim * (1 + frac) + tol_a:
                 mods = tuple(int(m) for m in np.flatnonzero(gun_of == g))
                 out.append(Violation("gun_current", f"gun{g}",
@@ -118,7 +121,7 @@ class SafetyMonitor:
         prev_avail = self._prev_avail
         avail_now = np.full(p.modules, math.nan)
         for m, ms in enumerate(snap.modules):
-            if not ms.available or not math.isfinite(ms.current_a):
+            if not ms.fresh or not math.isfinite(ms.current_a):
                 continue
             # The module's own limit: its derated available current (now or at the previous
             # poll: it lags) within its rating. Not the allocator's planning maximum, which is
@@ -154,14 +157,14 @@ class SafetyMonitor:
         thr = p.switch_threshold_a
         c = d.commands
         mx = snap.matrix
-        cur = [m.current_a for m in snap.modules]
+        cur = [m.known_current_a for m in snap.modules]  # lost or stale: unknown, not low
 
         def low(m: int) -> bool:
             return math.isfinite(cur[m]) and abs(cur[m]) <= thr
 
         keep_open = []
         for m, g in c.opens:
-            if low(m) and mx.available:
+            if low(m) and mx.fresh:
                 keep_open.append((m, g))
             else:
                 out.append(Violation("command", f"module{m}",
@@ -170,7 +173,7 @@ class SafetyMonitor:
         for m, g in c.closes:
             busy = (mx.closed[m] | mx.commanded[m]).copy()
             busy[g] = False
-            if low(m) and mx.available and not busy.any() and bool(p.reach[m, g]):
+            if low(m) and mx.fresh and not busy.any() and bool(p.reach[m, g]):
                 keep_close.append((m, g))
             else:
                 out.append(Violation("command", f"module{m}", f"close ({m},{g}) refused: "

@@ -5,6 +5,12 @@
     SuspendedEV → Finishing (current ≤ 5 A, contactors open, vehicle unplugged) → Available;
     Faulted from any state, with the reason (sticky until ``clear_fault``).
 
+The vehicle link (``VehicleStatus.read_at``): a status older than ``vehicle_timeout_s`` is
+*stale* — the gun gets no current (the cycle's vehicle limits expire to 0 A) and a running
+transaction waits in SuspendedEVSE, resuming when a fresh status comes; only an explicit
+unplug reading, or a link silent for longer than ``vehicle_silence_s`` (*lost*), ends the
+session as ``EVDisconnected``. A late or missed read must not strand a truck.
+
 :func:`step` is pure: the cycle passes what it measured and decided (:class:`GunInputs`) and
 gets the next :class:`GunSession` plus the events to publish. The power side (which modules,
 how much current) is the allocator's; the session only says how much the gun may ask for
@@ -78,6 +84,12 @@ class SessionTiming:
     suspend_after_s: float = 1.0
     low_current_a: float = 5.0  # cable check and finishing: "current below"
     free_charging: bool = True
+    vehicle_silence_s: float = 30.0  # link silent this long: the vehicle counts as gone
+
+
+#: Reason of the pause while the vehicle link is silent (SuspendedEVSE), and of the resume.
+LINK_SILENT = "vehicle link silent"
+LINK_BACK = "vehicle link back"
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,7 +112,7 @@ class GunInputs:
     """What one cycle knows about a gun, for the state machine."""
 
     vehicle: VehicleStatus
-    vehicle_fresh: bool  # the status is recent enough to act on
+    vehicle_fresh: bool  # the status is recent enough to act on (else: stale, no current)
     meter_voltage_v: float  # NaN when the meter is unavailable
     meter_current_a: float
     energy_wh: float
@@ -111,6 +123,7 @@ class GunInputs:
     stop: str | None = None  # station-side stop request (Remote, Local, ...)
     fault: str | None = None  # emergency stop or persistent safety violation
     clear_fault: bool = False
+    vehicle_lost: bool = False  # the link has been silent longer than vehicle_silence_s
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,7 +175,10 @@ def step(s: GunSession, inp: GunInputs, now: float, timing: SessionTiming
     """The gun's next session state and the events of the transition (pure)."""
     ev: list[SessionEvent] = []
     v = inp.vehicle
-    plugged = v.plugged and inp.vehicle_fresh
+    fresh = inp.vehicle_fresh
+    lost = inp.vehicle_lost  # silent past vehicle_silence_s: gone
+    present = v.plugged and not lost  # no explicit unplug read, link not given up
+    plugged = v.plugged and fresh  # enough to begin a session
     energy = inp.energy_wh if inp.energy_wh == inp.energy_wh else s.energy_start_wh
     state = s.state
 
@@ -186,7 +202,7 @@ def step(s: GunSession, inp: GunInputs, now: float, timing: SessionTiming
             return _go(s, GunState.PREPARING, now, "vehicle plugged", ev), ev
         return s, ev
 
-    if state in (GunState.PREPARING, GunState.CABLE_CHECK) and not plugged:
+    if state in (GunState.PREPARING, GunState.CABLE_CHECK) and not present:
         return _go(s, GunState.AVAILABLE, now, StopReason.EV_DISCONNECTED, ev,
                    authorized=False, id_token=None), ev
 
@@ -209,16 +225,16 @@ def step(s: GunSession, inp: GunInputs, now: float, timing: SessionTiming
                        f"cable check: {inp.meter_current_a:.1f} A flowing", ev), ev
         if inp.stop is not None:
             return _go(s, GunState.FINISHING, now, inp.stop, ev), ev
-        if now - s.since >= timing.cable_check_s:
+        if now - s.since >= timing.cable_check_s and fresh:
             return _go(s, GunState.PRECHARGE, now, "cable check passed (simulated)", ev), ev
         return s, ev
 
     if state is GunState.PRECHARGE:
-        if not plugged or inp.stop is not None or v.stop_requested:
-            pre_why = (StopReason.EV_DISCONNECTED if not plugged else inp.stop
+        if not present or inp.stop is not None or v.stop_requested:
+            pre_why = (StopReason.EV_DISCONNECTED if not present else inp.stop
                        or StopReason.STOPPED_BY_EV)
             return _go(s, GunState.FINISHING, now, pre_why, ev), ev
-        matched = (inp.closed_modules > 0
+        matched = (fresh and inp.closed_modules > 0
                    and abs(_num(inp.meter_voltage_v) - v.present_voltage_v)
                    <= timing.precharge_tolerance_v)
         if matched:
@@ -232,17 +248,22 @@ def step(s: GunSession, inp: GunInputs, now: float, timing: SessionTiming
 
     if state in ENERGY_STATES:
         why: str | None = None
-        if not v.plugged:
+        if not present:  # an unplug reading, or the link silent past vehicle_silence_s
             why = StopReason.EV_DISCONNECTED
-        elif not inp.vehicle_fresh:
-            why = StopReason.TIMEOUT
         elif inp.stop is not None:
             why = inp.stop
-        elif v.stop_requested:
+        elif fresh and v.stop_requested:
             why = StopReason.STOPPED_BY_EV
         if why is not None:
             s = _stop_tx(s, now, why, energy, ev)
             return _go(s, GunState.FINISHING, now, why, ev), ev
+        if not fresh:  # a late or missed read: pause at 0 A, keep the session
+            if state is GunState.SUSPENDED_EVSE and s.reason == LINK_SILENT:
+                return s, ev
+            return _go(s, GunState.SUSPENDED_EVSE, now, LINK_SILENT, ev), ev
+        if state is GunState.SUSPENDED_EVSE and s.reason == LINK_SILENT:
+            back = (GunState.CHARGING if v.request_a > 0.0 else GunState.SUSPENDED_EV)
+            return _go(s, back, now, LINK_BACK, ev), ev
         if v.request_a <= 0.0:
             if state is GunState.CHARGING and now - s.since < timing.suspend_after_s:
                 return s, ev  # just started: the vehicle's first request is not in yet
@@ -265,7 +286,7 @@ def step(s: GunSession, inp: GunInputs, now: float, timing: SessionTiming
 
     if state is GunState.FINISHING:
         idle = abs(_num(inp.meter_current_a)) <= timing.low_current_a and inp.closed_modules == 0
-        if idle and not v.plugged:
+        if idle and not present:
             return _go(s, GunState.AVAILABLE, now, s.reason, ev, authorized=False,
                        id_token=None), ev
         if not idle and now - s.since >= timing.finishing_timeout_s:

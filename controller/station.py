@@ -24,9 +24,13 @@ from datetime import UTC, datetime
 from typing import Any
 
 from controller import logs
-from controller.apply import apply_commands, zero_all
+from controller.apply import apply_commands
 from controller.config import StationConfig
 from controller.cycle import (
+    KEY_CABLE,
+    KEY_EV_MAX,
+    KEY_EV_REQUEST,
+    KEY_STATION_MAX,
     CycleInputs,
     CycleMemory,
     StationParams,
@@ -34,15 +38,24 @@ from controller.cycle import (
     vehicle_limits,
 )
 from controller.decide import decide
-from controller.limits import LimitBook
+from controller.limits import Limit, LimitBook
+from controller.logfold import DeviceErrorFolder, HardwareSummary
+from controller.module_care import ModuleCare
+from controller.module_faults import ModuleFaultEvent, ModuleFaultPolicy
 from controller.records import CycleRecord, GunRecord
+from controller.recovery import CommRecovery
 from controller.safety import SafetyMonitor, Violation
 from controller.session import ENERGY_STATES, GunSession, GunState, SessionEvent
+from controller.shutdown import Pause, StopReport, stop_hardware
 from controller.vehicle import VehicleLink, VehicleStatus
 from power import allocator
-from power.modbus_driver import Hardware, HardwareConfig, HardwareSnapshot
+from power.hardware_api import StationHardware
+from power.modbus_driver import HardwareConfig, HardwareSnapshot
+from power.power_unit import PowerUnitConfig, make_hardware
 
 Clock = Callable[[], float]
+#: LimitBook keys the cycle sets itself every cycle: their decreases never wake it.
+_CYCLE_KEYS = frozenset({KEY_STATION_MAX, KEY_CABLE, KEY_EV_MAX, KEY_EV_REQUEST})
 Authorizer = Callable[[int, str | None], Awaitable[bool]]
 
 
@@ -64,7 +77,7 @@ class CycleEvent:
     kind: str = "cycle"
 
 
-StationEvent = SessionEvent | MeterSample | CycleEvent
+StationEvent = SessionEvent | MeterSample | CycleEvent | ModuleFaultEvent
 Observer = Callable[[StationEvent], None]
 
 
@@ -80,11 +93,12 @@ class Station:
         config: StationConfig,
         vehicles: Sequence[VehicleLink],
         *,
-        hardware: Hardware | HardwareConfig | None = None,
+        hardware: StationHardware | HardwareConfig | PowerUnitConfig | None = None,
         clock: Clock = time.monotonic,
         wall_clock: Callable[[], str] = _wall,
         limits: LimitBook | None = None,
         authorizer: Authorizer | None = None,
+        pause: Pause | None = None,
     ) -> None:
         if len(vehicles) != len(config.guns):
             raise ValueError(f"{len(vehicles)} vehicle links for {len(config.guns)} guns")
@@ -93,13 +107,12 @@ class Station:
         self.clock = clock
         self.wall_clock = wall_clock
         self.vehicles = list(vehicles)
-        if isinstance(hardware, Hardware):
-            self.hw = hardware
-        else:
-            self.hw = Hardware(hardware or config.hardware_config(), clock)
+        self.hw: StationHardware = make_hardware(hardware or config.hardware_config(), clock)
         if len(self.hw.modules) != self.params.modules or len(self.hw.meters) != self.params.guns:
             raise ValueError("hardware does not match the configured modules / guns")
         self.limits = limits or LimitBook()
+        self.limits.on_decrease = self._limit_decreased
+        self.wakeups = 0  # cycles started early by a lowered limit or an emergency stop
         install_static_limits(self.limits, config)
         self.authorizer = authorizer
         g_n = self.params.guns
@@ -108,6 +121,7 @@ class Station:
         self.restarts = 0
         self.warmup_s = 0.0  # allocator compile / cache load time of the last start
         self.jit_source = "none"  # allocator.jit_source() after start
+        self.jit_cold = False  # the last start found no compiled kernel in the cache
         self.log = logs.get_logger("controller.station", station=config.station.id)
         self._observers: list[Observer] = []
         self._faults: list[str | None] = [None] * g_n
@@ -115,6 +129,17 @@ class Station:
         self._emergency: str | None = None
         self._wake = asyncio.Event()
         self._tasks: set[asyncio.Task[Any]] = set()
+        #: waits between the stop sequence's polls (a simulated clock's test advances there)
+        self._pause: Pause = pause or asyncio.sleep
+        #: what the last stop sequence could not do (None before the first close)
+        self.stop_report: StopReport | None = None
+        st = config.station
+        self.module_faults = ModuleFaultPolicy(self.params.modules, st.fault_reset_tries,
+                                               st.fault_reset_backoff_s)
+        self.device_errors = DeviceErrorFolder(self.log, st.log_fold_s)
+        self.hw_summary = HardwareSummary(self.log, st.log_fold_s)
+        self.recovery = CommRecovery(self.params.modules, g_n, self.params.switch_threshold_a,
+                                     st.finishing_timeout_s + 1.0)
         self._fresh()
 
     def _fresh(self) -> None:
@@ -130,7 +155,9 @@ class Station:
         self._clear: list[bool] = [False] * g_n
         self._cuts: frozenset[int] = frozenset()
         self._stopping = False
-        self._enable_pending: set[int] = set()
+        self.care = ModuleCare(self.hw, self.config.station.watchdog_ms, self.recovery,
+                               self.module_faults, self.device_errors, self.log, self._emit,
+                               self._command_timeout, self._tasks)
         #: Where the last cycle's work went: poll, decide (incl. safety), apply (ms).
         self.last_timing: dict[str, float] = {}
 
@@ -169,6 +196,23 @@ class Station:
         """Acknowledge a gun fault: Faulted → Available (when the cause is gone)."""
         self._faults[gun] = None
         self._clear[gun] = True
+        self.recovery.forget(gun)
+
+    @property
+    def module_count(self) -> int:
+        return self.params.modules
+
+    @property
+    def given_up_modules(self) -> list[int]:
+        """Modules the fault-reset policy gave up on (out of the pool until forgotten)."""
+        return self.module_faults.given_up
+
+    def forget_module_faults(self, module: int | None = None) -> None:
+        """Operator clear of the fault-reset policy: a given-up module (or every one) gets
+        fault resets again (docs/control-cycle.md, "Latched module faults")."""
+        for ev in self.module_faults.forget(module, self.clock()):
+            self.log.warning("module fault history cleared", module=ev.module)
+            self._emit(ev)
 
     def set_authorization(self, gun: int, accepted: bool) -> None:
         """Authorization result for the gun's waiting session (OCPP wires this)."""
@@ -185,6 +229,15 @@ class Station:
             self._auth[gun] = None
             self._request_auth(gun, self.sessions[gun].id_token)
 
+    def _limit_decreased(self, scope: str, key: str, limit: Limit) -> None:
+        """A lower grid / OCPP / other outside limit acts at once: wake the cycle (the
+        cycle's own keys, set inside it every cycle, never wake it)."""
+        if key in _CYCLE_KEYS:
+            return
+        self.log.debug("limit lowered: cycle woken", scope=scope, key=key, value=limit.value,
+                       source=limit.source)
+        self._wake.set()
+
     @property
     def violations(self) -> int:
         return self.safety.total
@@ -192,8 +245,17 @@ class Station:
     # ------------------------------------------------------------------ life cycle
     async def start(self) -> None:
         """Compile the allocator, connect every device, arm the module watchdogs."""
-        self.warmup_s = await asyncio.to_thread(allocator.warm_up)
+        # Ready at once, cold cache or warm: the first cycles allocate on the pure-Python
+        # reference while the numba kernel is compiled elsewhere / loaded, then switch.
+        t_jit = time.perf_counter()
+        self.jit_cold = allocator.jit_source() in ("none", "reference") and not (
+            allocator.kernel_cached())
+        await asyncio.to_thread(allocator.use_reference)
+        self.warmup_s = time.perf_counter() - t_jit
         self.jit_source = allocator.jit_source()
+        jit_task = asyncio.ensure_future(self._prepare_allocator())
+        self._tasks.add(jit_task)
+        jit_task.add_done_callback(self._tasks.discard)
         snap = await self.hw.start()
         ms = self.config.station.watchdog_ms
         timeout = self.hw.config.link.timeout_s * 2
@@ -210,30 +272,61 @@ class Station:
         failed = [i for i, t in enumerate(tasks) if t.cancelled() or t.exception()]
         for t in tasks:
             if not t.cancelled():
-                t.exception()  # retrieved: failures retried by the cycle's re-enable
+                t.exception()  # retrieved: failures re-armed once the module answers
+        self.recovery.needs_arm.update(failed)
         self.log.info("station started", modules=self.params.modules, guns=self.params.guns,
                       unavailable=snap.unavailable[:8], arm_failed=failed[:8])
 
+    async def _prepare_allocator(self) -> None:
+        """Compile / load the numba kernel in the background and switch to it."""
+        try:
+            seconds = await allocator.prepare()
+        except Exception as exc:  # the reference gives the same results, only slower
+            self.log.error("allocator kernel not ready: staying on the reference",
+                           error=repr(exc))
+            return
+        self.jit_source = allocator.jit_source()
+        self.log.info("allocator switched to the compiled kernel", seconds=round(seconds, 3),
+                      allocator_code=self.jit_source)
+
     async def close(self) -> None:
-        """Zero every setpoint, open contactors at low current, disconnect."""
+        """The stop sequence (controller/shutdown.py): vehicles told to stop, setpoints 0,
+        wait (``station.drain_timeout_s``) until every module measures ≤ the switch
+        threshold, open its contactors and confirm by the feedback, disable every module,
+        disconnect. What did not go to plan is logged in one error line and kept in
+        ``stop_report`` (``mwc run`` then exits non-zero)."""
         for t in list(self._tasks):
             t.cancel()
-        with contextlib.suppress(Exception):
-            await zero_all(self.hw, self.hw.config.link.timeout_s)
-            snap = await self.hw.poll_all()
-            thr = self.params.switch_threshold_a
-            for m, ms in enumerate(snap.modules):
-                for g in range(self.params.guns):
-                    if snap.matrix.commanded.size and snap.matrix.commanded[m, g] and (
-                            math.isfinite(ms.current_a) and abs(ms.current_a) <= thr):
-                        with contextlib.suppress(Exception):
-                            await self.hw.matrix.disconnect(m, g)
+        for g, s in enumerate(self.sessions):
+            if s.state in ENERGY_STATES or s.state is GunState.PRECHARGE:
+                try:
+                    self.vehicles[g].stop()
+                except Exception as exc:  # contract: never raises; the stop goes on
+                    self.log.error("vehicle stop failed", gun=g, error=repr(exc))
+        st = self.config.station
+        try:
+            rep = await stop_hardware(
+                self.hw, threshold_a=self.params.switch_threshold_a,
+                drain_timeout_s=st.drain_timeout_s, period_s=self.params.cycle_s,
+                timeout_s=self._command_timeout(), poll_deadline_s=self._poll_deadline(),
+                pause=self._pause)
+        except Exception:  # a bug: still disconnect, and say the stop is unconfirmed
+            self.log.exception("stop sequence failed")
+            rep = StopReport(matrix_unconfirmed=True)
+        self.stop_report = rep
+        if rep.ok:
+            self.log.info("station stopped safely", seconds=round(rep.seconds, 2),
+                          polls=rep.polls)
+        else:
+            self.log.error("stop sequence incomplete: " + rep.message(st.drain_timeout_s),
+                           seconds=round(rep.seconds, 2))
         await self.hw.close()
 
     async def restart(self) -> None:
-        """Reboot the controller in place (OCPP Reset): the close path (setpoints 0,
-        contactors opened at low current, devices disconnected), then the state of a fresh
-        start and ``start`` again. Kept: configuration, hardware, vehicle links, limits,
+        """Reboot the controller in place (OCPP Reset): the stop sequence of ``close``
+        (setpoints 0, drained, contactors opened and confirmed, modules disabled, devices
+        disconnected), then the state of a fresh start and ``start`` again. Kept:
+        configuration, hardware, vehicle links, limits,
         observers, the sequence counter, and the safety latches (gun faults, emergency stop),
         which only their explicit clear lifts."""
         await self.close()
@@ -255,6 +348,12 @@ class Station:
         period = self.params.cycle_s
         next_t = self.clock()
         while not self._stopping and not (stop is not None and stop.is_set()):
+            # Cleared before the cycle: a wake that arrives while it runs starts the next one
+            # at once. A woken cycle is an extra one: the period's schedule stays as it was.
+            self._wake.clear()
+            scheduled = self.clock() >= next_t
+            if not scheduled:
+                self.wakeups += 1
             t0 = time.perf_counter()
             await self.cycle()
             work = time.perf_counter() - t0
@@ -262,11 +361,11 @@ class Station:
                 self.overruns += 1
                 self.log.warning("cycle overrun", seq=self.seq, work_ms=round(work * 1000, 1),
                                  period_ms=period * 1000)
-            next_t += period
+            if scheduled:
+                next_t += period
             now = self.clock()
             if next_t < now:
                 next_t = now  # a stall is not caught up: start the next period now
-            self._wake.clear()
             with contextlib.suppress(TimeoutError):
                 waiters = [asyncio.ensure_future(self._wake.wait())]
                 if stop is not None:
@@ -283,6 +382,8 @@ class Station:
         snap = await self.hw.poll_all(self._poll_deadline())
         t_polled = time.perf_counter()
         now = self.clock()
+        back = self.recovery.observe(snap, now)  # before any command: who answers again
+        self._book_poll(snap)
         statuses = tuple(self._status(g) for g in range(self.params.guns))
         for g, st in enumerate(statuses):
             vehicle_limits(self.limits, g, st, self.params.vehicle_timeout_s)
@@ -310,7 +411,8 @@ class Station:
         result = await apply_commands(self.hw, decision.commands, self.vehicles,
                                       self.hw.config.link.timeout_s,
                                       lambda: deadline - time.perf_counter())
-        self._reenable(snap)
+        self.care.reenable(snap, back, self._emergency is not None)
+        self.care.fault_policy(snap, now, self._emergency is not None)
         violations = [*measured, *guarded]
         t_end = time.perf_counter()
         work_ms = (t_end - t_work) * 1000.0
@@ -324,11 +426,23 @@ class Station:
         if violations:
             self.log.error("safety violation", seq=self.seq, count=self.safety.total,
                            violations=[str(v) for v in violations], cycle=record.to_dict())
-        if result.errors:
-            self.log.warning("commands failed", seq=self.seq, errors=result.errors[:10],
-                             failed=len(result.errors))
-        self._after(old, decision.events, record)
+        for device, msg in result.failures:  # folded: one line per device per interval
+            self.device_errors.error(device, msg)
+        self.device_errors.flush()
+        self._after(old, decision.events, record, snap, now)
         return record
+
+    def _book_poll(self, snap: HardwareSnapshot) -> None:
+        """Unreachable devices into the folded log and the station summary line."""
+        for ms in snap.modules:
+            if not ms.available:
+                self.device_errors.error(f"module {ms.index}", ms.reason or "unavailable")
+        if not snap.matrix.available:
+            self.device_errors.error("matrix", snap.matrix.reason or "unavailable")
+        for mt in snap.meters:
+            if not mt.available:
+                self.device_errors.error(f"meter {mt.gun}", mt.reason or "unavailable")
+        self.hw_summary.update(snap)
 
     def _poll_deadline(self) -> float:
         return min(self.hw.config.link.poll_budget_s + 0.02, self.params.cycle_s * 0.6)
@@ -355,30 +469,19 @@ class Station:
                     self.log.error("persistent safety violation: gun faulted", gun=g,
                                    violation=str(v))
 
-    def _reenable(self, snap: HardwareSnapshot) -> None:
-        """Re-arm modules whose output went off without a fault (e.g. watchdog expiry)."""
-        if self._emergency:
-            return
-        for ms in snap.modules:
-            i = ms.index
-            if (ms.available and ms.ready and not ms.fault and not ms.output_on
-                    and i not in self._enable_pending):
-                self._enable_pending.add(i)
-                task = asyncio.ensure_future(self._enable(i))
-                self._tasks.add(task)
-                task.add_done_callback(self._tasks.discard)
-
-    async def _enable(self, i: int) -> None:
-        try:
-            await asyncio.wait_for(self.hw.modules[i].enable(), self._command_timeout())
-        except Exception as exc:
-            self.log.warning("module enable failed", module=i, error=repr(exc))
-        finally:
-            self._enable_pending.discard(i)
-
     def _after(self, old: tuple[GunSession, ...], events: list[SessionEvent],
-               record: CycleRecord) -> None:
+               record: CycleRecord, snap: HardwareSnapshot, now: float) -> None:
+        for g in self.recovery.to_clear(snap):
+            if self.sessions[g].state is GunState.FAULTED and self._faults[g] is None:
+                self.log.info("communication back with sane readings: gun fault cleared",
+                              gun=g, fault=self.sessions[g].reason)
+                self._clear[g] = True
         for ev in events:
+            if (ev.kind == "state_changed" and ev.state is GunState.FAULTED
+                    and self._faults[ev.gun] is None and not self._emergency
+                    and self.recovery.fault_raised(ev.gun, ev.reason or "", now)):
+                self.log.warning("gun fault while its devices did not answer: clears itself "
+                                 "when they answer again", gun=ev.gun, reason=ev.reason)
             if ev.kind == "state_changed":
                 self.log.info("gun state", gun=ev.gun, state=ev.state.value,
                               previous=ev.previous.value if ev.previous else None,

@@ -5,7 +5,10 @@ In a real cabinet an SECC (ISO 15118-20 / DIN 70121) talks to the truck; the sim
 
 Contract:
 - ``status()`` never blocks and never raises: it returns the latest known state, with the
-  time it was read. A link that lost the vehicle reports ``plugged=False``.
+  time it was read (``read_at``). ``plugged=False`` means the SECC *said* so; a link that
+  cannot read keeps its last status and lets ``read_at`` age — the station pauses the gun
+  at 0 A when it is older than ``station.vehicle_timeout_s`` and ends the session only
+  when it is older than ``station.vehicle_silence_s`` (never on one late read).
 - Commands (``start``, ``stop``, ``set_available``) never block either; they are carried out
   by the link's own I/O. ``set_available`` is sent every cycle while charging (DIN 70121
   expects a CurrentDemand answer within 25 ms, which is the SECC's job, not the cycle's).

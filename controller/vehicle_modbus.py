@@ -8,12 +8,18 @@ reads the status block. ``status()`` returns the last decoded status at once, st
 ``read_at`` from the injected clock. ``poll_once()`` is one such poll, for tests on a
 simulated clock.
 
-Stale data must not keep current flowing: the status turns to ``plugged=False`` when the
-bridge is unreachable for ``max_missed`` polls in a row, at once on a malformed reply (the
-logged error names the register and value) or on a Modbus exception, and when the heartbeat
-register has not moved for ``heartbeat_timeout_s``. The station also drops a status older
-than its ``vehicle_timeout_s``. Connection and backoff come from ``power.modbus_base``: one
-pymodbus client per link, reconnected by the link itself.
+A missed, late or bad read is *not* an unplug: only a sane status block saying "not plugged"
+is. When the bridge does not answer, answers garbage (the logged error names the register
+and value) or a Modbus exception, or its heartbeat register has not moved for
+``heartbeat_timeout_s``, the link keeps the last sane status with its old ``read_at``, so
+it ages: the station cuts the gun to 0 A once it is older than ``vehicle_timeout_s`` and
+ends the session only once it is older than ``vehicle_silence_s`` (controller/session.py).
+A single slow read on a loaded machine therefore costs at most a pause, never a session.
+A bridge that comes back without the energy transfer the station started (it restarted)
+gets START again (``RESTART_EVERY_S``), so the running session resumes.
+``health`` still says whether the bridge answers (doctor, metrics, logs: one line per
+problem and one when it is back). Connection and backoff come from ``power.modbus_base``:
+one pymodbus client per link, reconnected by the link itself.
 """
 
 from __future__ import annotations
@@ -46,6 +52,10 @@ from power.secc_map import (
     encode_available,
 )
 
+#: A bridge that reports no energy transfer during a running session gets START again, at
+#: most this often (s): after an SECC / bridge restart the truck waits for it.
+RESTART_EVERY_S = 1.0
+
 
 class ModbusVehicleLink:
     """One gun's ``VehicleLink`` to an SECC bridge over Modbus TCP (see the module doc)."""
@@ -75,6 +85,9 @@ class ModbusVehicleLink:
         self._heartbeat: int | None = None
         self._heartbeat_at = 0.0
         self._command = SeccCommand.NONE  # pending START/STOP (latest wish wins)
+        self._transfer_wanted = False  # START sent and no STOP since
+        self._restarted_at = -1e9  # last START re-sent to a bridge that lost the transfer
+        self.restarts = 0
         self._available: tuple[float, float] | None = None  # wished
         self._written: list[int] | None = None  # registers 101..104 last written
         self._since_write = 0
@@ -89,9 +102,11 @@ class ModbusVehicleLink:
 
     def start(self) -> None:
         self._command = SeccCommand.START
+        self._transfer_wanted = True
 
     def stop(self) -> None:
         self._command = SeccCommand.STOP
+        self._transfer_wanted = False
 
     def set_available(self, current_a: float, voltage_v: float) -> None:
         self._available = (float(current_a), float(voltage_v))
@@ -127,7 +142,7 @@ class ModbusVehicleLink:
                 await self.poll_once()
             except asyncio.CancelledError:
                 raise
-            except Exception as exc:  # never let the task die: a dead link looks unplugged
+            except Exception as exc:  # never let the task die: a dead link goes stale
                 self._lost(f"{self.name}: unexpected error: {exc!r}", bad=True)
             await asyncio.sleep(max(0.0, self.poll_s - (loop.time() - t0)))
 
@@ -182,6 +197,15 @@ class ModbusVehicleLink:
             return
         self.health.ok()
         self._reading = r
+        if (self._transfer_wanted and r.plugged and not r.energy_transfer
+                and not r.stop_requested and self._command is SeccCommand.NONE
+                and now - self._restarted_at >= RESTART_EVERY_S):
+            # the bridge forgot the transfer (it restarted): the session goes on, ask again
+            self._command = SeccCommand.START
+            self._restarted_at = now
+            self.restarts += 1
+            self._log.warning("SECC lost the energy transfer of a running session: START "
+                              "sent again", device=self.name)
         if self._logged is not None:
             self._log.info("SECC link ok", device=self.name, after=self._logged)
             self._logged = None
@@ -193,17 +217,18 @@ class ModbusVehicleLink:
         )
 
     def _lost(self, reason: str, *, bad: bool) -> None:
-        """Book a failed poll; the vehicle counts as unplugged once the health says so."""
+        """Book a failed poll. The status keeps the last sane reading and its ``read_at``
+        (it ages; the station decides what that means), never a made-up unplug."""
         self.errors += 1
         if bad:
             self.health.bad(reason)
         else:
             self.health.miss(reason)
         if not self.health.available:
-            self._status = VehicleStatus(plugged=False, read_at=self.clock())
             self._written = None  # rewrite the available values once the bridge is back
         key = reason if bad else "unreachable"  # (unreachable texts vary from poll to poll)
         if key != self._logged and not self.health.available:
-            self._log.error("SECC link problem: vehicle treated as unplugged", device=self.name,
-                       error=reason)
+            self._log.error("SECC link problem: last vehicle status ageing", device=self.name,
+                            error=reason, status_age_s=round(self.clock() - self._status.read_at,
+                                                             3))
             self._logged = key

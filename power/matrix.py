@@ -54,6 +54,11 @@ class MatrixState:
     fault_word: int = 0
 
     @property
+    def fresh(self) -> bool:
+        """Answered this poll: not unavailable, not a tolerated miss ("stale:" reason)."""
+        return self.available and not (self.reason or "").startswith("stale:")
+
+    @property
     def welded(self) -> bool:
         return bool(self.fault_word & MatrixFault.WELDED_CONTACT)
 
@@ -147,6 +152,8 @@ class ModbusMatrix:
             self.health.record(exc)
             self._last = replace(self._last, available=self.health.available,
                                  reason=self.health.reason, read_at=self.clock())
+            if self.health.available:  # a tolerated miss: coils and feedback are old
+                self._last = replace(self._last, reason=f"stale: {exc}")
             return self._last
         self.health.ok()
         shape = (self.modules, self.guns)

@@ -40,6 +40,11 @@ class MeterState:
     power_w: float = math.nan
     energy_wh: float = math.nan
 
+    @property
+    def fresh(self) -> bool:
+        """Answered this poll: not unavailable, not a tolerated miss ("stale:" reason)."""
+        return self.available and not (self.reason or "").startswith("stale:")
+
 
 @runtime_checkable
 class MeterDriver(Protocol):
@@ -116,6 +121,8 @@ class ModbusMeter:
             self.health.record(exc)
             self._last = replace(self._last, available=self.health.available,
                                  reason=self.health.reason, read_at=self.clock())
+            if self.health.available:  # a tolerated miss: values are the last good ones
+                self._last = replace(self._last, reason=f"stale: {exc}")
             return self._last
         self.health.ok()
         self._last = state

@@ -104,6 +104,21 @@ class ModuleState:
         return self._bit(ModuleStatus.OVER_TEMPERATURE)
 
     @property
+    def stale(self) -> bool:
+        """A tolerated missed poll: the values are the previous poll's, not a measurement."""
+        return self.reason is not None and self.reason.startswith("stale:")
+
+    @property
+    def fresh(self) -> bool:
+        """Answered this poll with sane values: its numbers may be judged and acted on."""
+        return self.available and not self.stale
+
+    @property
+    def known_current_a(self) -> float:
+        """The measured current, NaN unless ``fresh`` (unknown is not last-known)."""
+        return self.current_a if self.fresh else math.nan
+
+    @property
     def usable_current_a(self) -> float:
         """Current the allocator may plan with: 0 unless available, ready and fault-free."""
         if not self.available or not self.ready or self.fault:

@@ -7,11 +7,13 @@ charges. Reads return the truck's status at that instant; writes call ``truck.st
 ``stop()`` / ``set_available()``. The bridges of all guns share one port of the
 ``StationSimulator`` (``add_devices``; layout ``base + M + 3``, gun g is unit g + 1), and the
 simulator's control device gains the ``SeccSimCommand`` commands: plug, unplug, stop request,
-freeze/resume the bridge heartbeat.
+freeze/resume the bridge heartbeat, and ``SECC_DELAY_MS`` (value = milliseconds every answer
+of the bridge is held back, 0 = on time): a slow SECC on a loaded cabinet PC.
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Sequence
 
 from pymodbus.constants import ExcCodes
@@ -37,6 +39,10 @@ from sim.modbus_server import StationSimulator
 from sim.truck import TruckSim
 
 SECC_NAME = "secc"  # the key of the SECC port in StationSimulator.describe()
+#: Control-device command (same write as ``SeccSimCommand``): hold every answer of the
+#: target bridge(s) back by ``value`` ms (0: answer at once). Not in ``SeccSimCommand`` yet,
+#: which lives in power/secc_map.py; 30 keeps clear of its 20..24.
+SECC_DELAY_MS = 30
 
 
 class SeccBridge:
@@ -51,7 +57,9 @@ class SeccBridge:
         self.truck = truck
         self.heartbeat = 0
         self.frozen = False
+        self.delay_s = 0.0  # every answer held back this long (a slow SECC)
         self.last_command = SeccCommand.NONE
+        self.answered = 0  # status reads answered (tests: the bridge kept being asked)
 
     def input_registers(self) -> list[int]:
         if not self.frozen:
@@ -107,8 +115,11 @@ class SeccBridge:
             fc: int, start: int, address: int, count: int,
             regs: list[int], values: list[int] | list[bool] | None,
         ) -> ExcCodes | None:
+            if self.delay_s > 0.0:
+                await asyncio.sleep(self.delay_s)
             if fc == 4:
                 regs[0:SECC_INPUT_COUNT] = self.input_registers()
+                self.answered += 1
                 return None
             if fc == 3 or (fc in (6, 16) and values is None):  # (read-back after a write)
                 base = SECC_HOLDING_START - start
@@ -144,6 +155,18 @@ class SeccBridges:
             raise IndexError(target)
         return [self.bridges[target]]
 
+    def delay(self, target: int, ms: int) -> str | None:
+        """Hold the answers of ``target`` (a gun, or all) back by ``ms``; refusal text or None."""
+        if not 0 <= ms <= 60_000:
+            return f"delay {ms} ms out of range 0..60000"
+        try:
+            bridges = self._targets(target)
+        except IndexError:
+            return f"gun {target} out of range for SECC_DELAY_MS"
+        for b in bridges:
+            b.delay_s = ms / 1000.0
+        return None
+
     def command(self, cmd: SeccSimCommand, target: int) -> str | None:
         """Run one ``SeccSimCommand``; the refusal text, or None."""
         try:
@@ -175,11 +198,13 @@ class SeccBridges:
         def handler(cmd: SeccSimCommand) -> Callable[[int, int], str | None]:
             return lambda target, _value: self.command(cmd, target)
 
+        commands = {int(c): handler(c) for c in SeccSimCommand}
+        commands[SECC_DELAY_MS] = self.delay
         sim.add_devices(
             SECC_NAME, lambda: [b.device() for b in self.bridges],
             secc_port(sim.base_port, len(sim.physics.modules)),
             info={"units": [secc_unit(g) for g in range(len(self.bridges))]},
-            commands={int(c): handler(c) for c in SeccSimCommand},
+            commands=commands,
         )
 
 

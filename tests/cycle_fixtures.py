@@ -118,7 +118,11 @@ async def rig(
     await sim.start()
     cfg = make_config(modules, len(cars), **station)
     hw = Hardware(sim.hardware_config(TEST_LINK), clock)
-    st = Station(cfg, cars, hardware=hw, clock=clock)
+    async def advance(dt: float) -> None:  # the stop sequence's waits, on simulated time
+        clock.t += dt
+        sim.advance(dt)
+
+    st = Station(cfg, cars, hardware=hw, clock=clock, pause=advance)
     r = Rig(sim, st, cars, clock, dt)
     st.subscribe(r.events.append)
     try:

@@ -68,8 +68,8 @@ async def test_silent_vehicle_link_stops_current_after_its_limits_expire() -> No
         await r.until(lambda rec: rec.guns[0].current_a > 300)
         frozen: VehicleStatus = truck.status()
         truck.status = lambda: frozen  # type: ignore[method-assign]
-        rec = await r.step(12)  # 1 s vehicle timeout
-        assert rec.guns[0].state == "Finishing"
+        rec = await r.step(12)  # 1 s vehicle timeout: paused at 0 A, session kept
+        assert rec.guns[0].state == "SuspendedEVSE"
         assert rec.guns[0].setpoint_a == 0.0
         stale = [x for x in r.records if x.guns[0].binding_source.startswith("ev_request")]
         assert stale  # the request bound while it was fresh

@@ -112,7 +112,7 @@ def test_suspended_evse_after_being_starved_and_back() -> None:
 
 def test_stale_link_unplug_and_station_stop_end_the_transaction() -> None:
     s = GunSession(0, GunState.CHARGING, since=0.0, transaction=True)
-    cases = [(inputs(vehicle_fresh=False), "Timeout"),
+    cases = [(inputs(vehicle_fresh=False, vehicle_lost=True), "EVDisconnected"),
              (inputs(vehicle=VehicleStatus(plugged=False)), "EVDisconnected"),
              (inputs(stop="Remote"), "Remote")]
     for inp, reason in cases:

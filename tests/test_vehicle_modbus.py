@@ -211,11 +211,12 @@ async def test_unplug_and_stop_request_through_the_control_device() -> None:
         await link.close()
 
 
-async def test_frozen_heartbeat_unplugs_then_recovers() -> None:
+async def test_frozen_heartbeat_ages_the_status_then_recovers() -> None:
     async with bench() as b:
         link = b.link(0, heartbeat_timeout_s=0.5)
         await link.poll_once()
         assert link.status().plugged
+        trusted_at = link.status().read_at
         b.bridges.command(SeccSimCommand.SECC_FREEZE, 0)
         for _ in range(4):  # 0.4 s of stuck heartbeat: still trusted
             b.clock.t += 0.1
@@ -223,15 +224,18 @@ async def test_frozen_heartbeat_unplugs_then_recovers() -> None:
         assert link.status().plugged
         b.clock.t += 0.2
         await link.poll_once()
-        assert link.status().plugged is False
+        # not believed any more: the last trusted status stays, ageing (no made-up unplug)
+        aged = link.status().read_at
+        assert trusted_at < aged < b.clock.t and not link.health.available
+        assert link.status().plugged
         assert "heartbeat" in (link.health.reason or "")
         b.bridges.command(SeccSimCommand.SECC_RESUME, 0)
         await link.poll_once()
-        assert link.status().plugged
+        assert link.status().plugged and link.status().read_at == b.clock.t
         await link.close()
 
 
-async def test_malformed_reply_is_unplugged_and_logged_by_field() -> None:
+async def test_malformed_reply_ages_the_status_and_is_logged_by_field() -> None:
     async with bench() as b:
         with structlog.testing.capture_logs() as logs:
             link = b.link(0)
@@ -241,19 +245,22 @@ async def test_malformed_reply_is_unplugged_and_logged_by_field() -> None:
             good = bridge.input_registers
             bad = _corrupt(SeccInput.REQUEST_CURRENT, encode_s32(-50))
             bridge.input_registers = lambda: bad  # type: ignore[method-assign]
+            read_at = link.status().read_at
+            b.clock.t += 0.1
             await link.poll_once()
+            b.clock.t += 0.1
             await link.poll_once()  # the same garbage again: logged once
-            assert link.status().plugged is False
+            assert link.status().read_at == read_at and not link.health.available
             bridge.input_registers = good  # type: ignore[method-assign]
             await link.poll_once()
-            assert link.status().plugged
+            assert link.status().plugged and link.status().read_at == b.clock.t
             await link.close()
         errors = [e for e in logs if e["log_level"] == "error"]
         assert len(errors) == 1, logs
         assert "request_a" in errors[0]["error"] and "-5.0 A is negative" in errors[0]["error"]
 
 
-async def test_lost_bridge_unplugs_within_a_bound_with_the_io_task() -> None:
+async def test_lost_bridge_ages_the_status_with_the_io_task_and_recovers() -> None:
     async with bench() as b:
         link = ModbusVehicleLink(b.endpoint(0), TEST_LINK, time.monotonic, poll_s=0.05)
         await link.start_io()
@@ -263,14 +270,17 @@ async def test_lost_bridge_unplugs_within_a_bound_with_the_io_task() -> None:
             await asyncio.sleep(0.01)
         await b.sim.stop()
         t0 = time.monotonic()
-        while link.status().plugged:
-            assert time.monotonic() - t0 < 1.0, "stale status kept the vehicle plugged"
+        while link.health.available:
+            assert time.monotonic() - t0 < 1.0, "a dead bridge still counted as answering"
             await asyncio.sleep(0.01)
         lost_after = time.monotonic() - t0
+        last = link.status().read_at
+        assert last <= t0 + 0.05  # no new reading while the bridge is down: the status ages
         await b.sim.start()  # same ports: the link reconnects by itself
-        while not link.status().plugged:
+        while link.status().read_at <= last:
             assert time.monotonic() - t0 < 5.0, link.health.reason
             await asyncio.sleep(0.02)
+        assert link.status().plugged
         await link.close()
         assert link.status().plugged is False
         assert lost_after < 1.0 and link.link.connects >= 2

@@ -27,6 +27,12 @@ EVENT_KINDS = {
     "module_fault_cleared": "the injected fault is cleared",
     "backend_offline": "the backend becomes unreachable",
     "backend_online": "the backend is reachable again",
+    # process events: only the chaos runner (sim/demo/chaos.py, real processes) runs these
+    "broker_restart": "the MQTT broker process is stopped and started again",
+    "simulator_kill": "the Modbus simulator process is killed (SIGKILL)",
+    "simulator_restart": "a new simulator process answers on the same ports",
+    "controller_kill": "the controller process (mwc run) is killed (SIGKILL)",
+    "controller_restart": "mwc run is started again with the same configuration",
 }
 
 
