@@ -41,6 +41,9 @@ _OPTIONAL = ("storage_kw", "site_load_kw")
 _RFC3339 = re.compile(
     r"^\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(\.\d+)?([Zz]|[+-]\d{2}:\d{2})$")
 _MAX_TEXT = 128
+#: Largest power a kW field may carry (1 GW): far above any grid connection, and the sum of
+#: the fields stays a finite number of watts.
+MAX_KW = 1_000_000.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,13 +135,19 @@ def _reject_constant(name: str) -> float:
     raise _Bad(None, f"payload is not valid JSON: {name} is not a number")
 
 
-def _number(obj: dict[str, Any], name: str, *, positive: bool) -> float:
+def _number(obj: dict[str, Any], name: str, *, positive: bool,
+            hi: float = math.inf) -> float:
     value = obj[name]
     rule = "a number > 0" if positive else "a number >= 0"
+    if math.isfinite(hi):
+        rule += f" and <= {hi:g}"
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise _Bad(name, f"{name} = {_show(value)}: must be {rule}")
-    v = float(value)
-    if not math.isfinite(v) or v < 0 or (positive and v == 0):
+    try:
+        v = float(value)
+    except OverflowError:  # an integer beyond any double
+        raise _Bad(name, f"{name} = {_show(value)}: must be {rule}") from None
+    if not math.isfinite(v) or v < 0 or (positive and v == 0) or v > hi:
         raise _Bad(name, f"{name} = {_show(value)}: must be {rule}")
     return v
 
@@ -158,9 +167,11 @@ def _time(obj: dict[str, Any], name: str) -> float:
     if not isinstance(value, str) or not _RFC3339.match(value):
         raise bad
     try:
-        return dt.datetime.fromisoformat(value.upper().replace("Z", "+00:00")).timestamp()
-    except (ValueError, OverflowError):  # e.g. hour 25, or year 1 shifted before year 1
+        t = dt.datetime.fromisoformat(value.upper().replace("Z", "+00:00")).timestamp()
+        dt.datetime.fromtimestamp(t, dt.UTC)  # a UTC time in datetime's range (years 1..9999)
+    except (ValueError, OverflowError, OSError):  # hour 25; year 1 at +14:00 is year 0 in UTC
         raise bad from None
+    return t
 
 
 def parse_payload(raw: bytes, rules: PayloadRules = PayloadRules()) -> GridPayload:
@@ -187,12 +198,13 @@ def parse_payload(raw: bytes, rules: PayloadRules = PayloadRules()) -> GridPaylo
                                f"(allowed: {', '.join(_REQUIRED + _OPTIONAL)})")
     payload = GridPayload(
         id=_text(obj, "id"),
-        limit_kw=_number(obj, "limit_kw", positive=False),
+        limit_kw=_number(obj, "limit_kw", positive=False, hi=MAX_KW),
         valid_for_s=_number(obj, "valid_for_s", positive=True),
         issued_at=_time(obj, "issued_at"),
         source=_text(obj, "source"),
-        storage_kw=_number(obj, "storage_kw", positive=False) if "storage_kw" in obj else 0.0,
-        site_load_kw=(_number(obj, "site_load_kw", positive=False)
+        storage_kw=(_number(obj, "storage_kw", positive=False, hi=MAX_KW)
+                    if "storage_kw" in obj else 0.0),
+        site_load_kw=(_number(obj, "site_load_kw", positive=False, hi=MAX_KW)
                       if "site_load_kw" in obj else 0.0),
     )
     if payload.valid_for_s > rules.max_valid_for_s:
@@ -279,7 +291,13 @@ class GridLimitSource:
         """One message: evaluate, then apply to the book or report the rejection."""
         key = self.topics.get(topic, KEY)
         now_wall, now_mono = self._wall(), self._mono()
-        result = evaluate(raw, now_wall, now_mono, self.recent[key], self.rules, key)
+        try:
+            result: Accepted | Rejected = evaluate(raw, now_wall, now_mono, self.recent[key],
+                                                   self.rules, key)
+        except Exception as exc:  # a bug of ours: still reported, the limit stays as it was
+            self._log.exception("grid_limit_evaluation_failed", topic=topic)
+            result = Rejected(f"payload could not be evaluated: {type(exc).__name__}: "
+                              f"{str(exc)[:120]}", None, None)
         if isinstance(result, Rejected):
             self.rejected += 1
             self._log.warning("grid_limit_rejected", topic=topic, reason=result.reason,

@@ -42,7 +42,7 @@ class EventSink(Protocol):
 
 
 class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)  # NaN, inf: never
 
 
 class TlsConfig(_Model):
@@ -94,8 +94,8 @@ class MqttConfig(_Model):
     topics: TopicsConfig = TopicsConfig()
     telemetry_period_s: float = Field(default=1.0, gt=0)
     telemetry_queue: int = Field(default=4, ge=1)
-    event_queue: int = Field(default=10_000, ge=1)
-    recent_ids: int = Field(default=256, ge=1)  # ids remembered per topic for duplicates
+    event_queue: int = Field(default=10_000, ge=1, le=1_000_000)
+    recent_ids: int = Field(default=256, ge=1, le=100_000)  # ids kept per topic (duplicates)
     max_valid_for_s: float = Field(default=86_400.0, gt=0)
     max_clock_skew_s: float = Field(default=5.0, ge=0)  # how far issued_at may be ahead
     max_payload_bytes: int = Field(default=4096, ge=64)
@@ -187,6 +187,7 @@ class MqttConnection:
         self._client: Any = None
         self._failures = 0
         self.connects = 0  # successful connections so far (tests, telemetry)
+        self.handler_failures = 0  # messages a handler raised on (a bug: tests, fuzzing)
         self.since: str | None = None  # when the current connection came up
         self.status_topic = config.topic("status", station_id)
         self._log = logs.get_logger("mwc.mqtt", station_id=station_id)
@@ -314,4 +315,5 @@ class MqttConnection:
                 try:
                     sub.handler(topic, bytes(raw))
                 except Exception:  # a handler bug must not drop the connection
+                    self.handler_failures += 1
                     self._log.exception("mqtt_handler_failed", topic=topic)

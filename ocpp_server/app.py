@@ -23,6 +23,7 @@ from ocpp_server.auth import SUBPROTOCOLS, Authenticator, admission_of
 from ocpp_server.config import CsmsConfig
 from ocpp_server.handlers_v16 import StationV16
 from ocpp_server.handlers_v201 import StationV201
+from ocpp_server.metrics import Metrics
 from ocpp_server.repository import Repository
 from ocpp_server.session import DISCONNECTED, Backend, Session
 from ocpp_server.storage import SqliteRepository
@@ -32,6 +33,14 @@ log = structlog.get_logger("ocpp_server.app")
 # Schema validation inline: the library's default hops to a thread pool for every message,
 # which costs more than the validation itself (the GIL serialises it anyway).
 ocpp.messages.ASYNC_VALIDATION = False
+
+
+async def _quietly(awaitable: Any) -> None:
+    """For owned fire-and-forget tasks: a failure is logged, never left unretrieved."""
+    try:
+        await awaitable
+    except Exception as exc:  # e.g. the old socket is already gone
+        log.info("background_task_failed", error=repr(exc)[:200])
 
 
 class _Uvicorn(uvicorn.Server):
@@ -58,9 +67,12 @@ class CsmsServer:
 
     def __init__(self, cfg: CsmsConfig, repo: Repository | None = None) -> None:
         self.cfg = cfg
-        self.repo: Repository = repo or SqliteRepository(cfg.storage.path,
-                                                         cfg.storage.synchronous)
-        self.backend = Backend(cfg, self.repo)
+        metrics = Metrics()
+        self.repo: Repository = repo or SqliteRepository(
+            cfg.storage.path, cfg.storage.synchronous, rated_power_w=cfg.ocpp.rated_power_w,
+            plausibility_margin=cfg.ocpp.plausibility_margin,
+            on_flag=metrics.count_implausible)
+        self.backend = Backend(cfg, self.repo, metrics=metrics)
         self._servers: list[Server] = []
         self._api: _Uvicorn | None = None
         self._api_task: asyncio.Task[None] | None = None
@@ -71,6 +83,14 @@ class CsmsServer:
         self.api_port = 0
 
     async def _listen(self, port: int, tls: bool) -> int:
+        try:
+            return await self._listen_on(port, tls)
+        except OSError as exc:  # the operator reads this line: say which listener and where
+            key = "tls_port" if tls else "port"
+            raise OSError(exc.errno, f"[ocpp] {key}: cannot listen on {self.cfg.ocpp.host}:"
+                          f"{port}: {exc.strerror or exc}") from exc
+
+    async def _listen_on(self, port: int, tls: bool) -> int:
         server = await serve(
             self._handle, self.cfg.ocpp.host, port,
             subprotocols=list(SUBPROTOCOLS),  # type: ignore[arg-type]
@@ -101,11 +121,22 @@ class CsmsServer:
 
         sock = socket.socket(socket.AF_INET6 if ":" in self.cfg.api.host else socket.AF_INET)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((self.cfg.api.host, self.cfg.api.port))
+        # Inherited by accepted sockets: uvicorn writes headers and body separately, and
+        # with Nagle + delayed ACK every response waited ~40 ms for the second write.
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        try:
+            sock.bind((self.cfg.api.host, self.cfg.api.port))
+        except OSError as exc:  # the operator reads this line: say which listener and where
+            sock.close()
+            raise OSError(exc.errno, f"[api] cannot listen on {self.cfg.api.host}:"
+                          f"{self.cfg.api.port}: {exc.strerror}") from exc
         sock.listen(128)
         sock.setblocking(False)
         self.api_port = int(sock.getsockname()[1])
-        config = uvicorn.Config(create_app(self), log_config=None, access_log=False,
+        from ocpp_server.console import mount_console
+
+        config = uvicorn.Config(mount_console(create_app(self)), log_config=None,
+                                access_log=False,
                                 lifespan="off", timeout_graceful_shutdown=2)
         self._api = _Uvicorn(config)
         self._api_task = asyncio.create_task(self._api.serve(sockets=[sock]))
@@ -128,6 +159,9 @@ class CsmsServer:
     async def stop(self) -> None:
         if self._lag_task is not None:
             self._lag_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._lag_task
+            self._lag_task = None
         if self._api is not None and self._api_task is not None:
             self._api.should_exit = True
             with contextlib.suppress(Exception):
@@ -151,8 +185,8 @@ class CsmsServer:
         old = self.backend.sessions.get(adm.station_id)
         self.backend.sessions[adm.station_id] = session
         if old is not None:  # the station reconnected before we noticed the old socket die
-            closing = asyncio.create_task(old._connection.close(  # type: ignore[attr-defined]
-                1000, "replaced by a new connection"))
+            closing = asyncio.create_task(_quietly(old._connection.close(  # type: ignore[attr-defined]
+                1000, "replaced by a new connection")))
             self._background.add(closing)
             closing.add_done_callback(self._background.discard)
         remote = str(connection.remote_address[0]) if connection.remote_address else ""

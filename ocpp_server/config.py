@@ -21,6 +21,8 @@ Example (every key optional; defaults shown)::
     max_message_bytes = 65536
     rate_per_s = 20.0          # sustained CALLs per station and second
     rate_burst = 200
+    rated_power_w = 3750000.0  # meter-value plausibility: rating of stations without one
+    plausibility_margin = 1.1  # ... and how far above it a value is still plausible
 
     [api]
     host = "127.0.0.1"
@@ -61,6 +63,10 @@ class OcppConfig(_Strict):
     max_message_bytes: int = Field(default=65536, ge=1024)
     rate_per_s: float = Field(default=20.0, gt=0)
     rate_burst: int = Field(default=200, ge=1)
+    # Meter-value plausibility (plausibility.py): rating of a station without its own
+    # (default: the MCS envelope, 3,000 A x 1,250 V) and the margin over it still accepted.
+    rated_power_w: float = Field(default=3_750_000.0, gt=0, le=1e8)
+    plausibility_margin: float = Field(default=1.1, ge=1.0, le=10.0)
 
     @model_validator(mode="after")
     def _tls_needs_files(self) -> OcppConfig:

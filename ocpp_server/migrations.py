@@ -122,7 +122,16 @@ CREATE TABLE messages (
 CREATE INDEX messages_station ON messages(station_id, action, id);
 """
 
-MIGRATIONS: tuple[str, ...] = (_V1,)
+# v2: meter-value plausibility (plausibility.py): a flag per sample and per 1.6 stop, the
+# station's rating, and an index for the per-sample register look-ups.
+_V2_PLAUSIBILITY = """
+ALTER TABLE meter_values ADD COLUMN flag TEXT;
+ALTER TABLE transactions ADD COLUMN flag TEXT;
+ALTER TABLE stations ADD COLUMN rated_power_w REAL;
+CREATE INDEX meter_values_register ON meter_values(tx_pk, measurand, timestamp)
+"""
+
+MIGRATIONS: tuple[str, ...] = (_V1, _V2_PLAUSIBILITY)
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

@@ -27,6 +27,7 @@ class StationRecord:
     firmware_version: str | None = None
     created_at: str | None = None
     last_boot_at: str | None = None
+    rated_power_w: float | None = None  # for meter-value plausibility; None: the default
 
     def public(self) -> dict[str, Any]:
         """The record as the API shows it: with a flag instead of the hash."""
@@ -80,6 +81,10 @@ class Repository(Protocol):
 
     async def set_station_password(self, station_id: str, password_hash: str | None) -> bool:
         """Replace the password hash; False when the station is unknown."""
+
+    async def set_station_rating(self, station_id: str, rated_power_w: float | None) -> bool:
+        """The station's rated power (W) for plausibility checks; None: the backend default.
+        False when the station is unknown."""
 
     async def set_station_approved(self, station_id: str, approved: bool) -> bool:
         """Approve (BootNotification Accepted) or hold back (Pending) a station."""
@@ -149,8 +154,19 @@ class Repository(Protocol):
         """Keep a request that has no table of its own (NotifyReport, DataTransfer, ...)."""
 
     async def list_messages(
-        self, station_id: str, action: str | None = None
-    ) -> list[dict[str, Any]]: ...
+        self, station_id: str, action: str | None = None, limit: int = 1000, offset: int = 0
+    ) -> list[dict[str, Any]]:
+        """Oldest first, at most ``limit`` (payloads are bounded in depth and size)."""
+
+    async def adopt_remote_start_token(
+        self, station_id: str, transaction_id: str, remote_start_id: int
+    ) -> str | None:
+        """Give a 2.0.1 transaction whose events carry no idToken the token of the
+        RequestStartTransaction (kept as a message) with this remoteStartId (F01/F02).
+
+        Returns that token, or None when no such request was sent; a token the station
+        reported itself is never overwritten.
+        """
 
     async def record_security_event(
         self, station_id: str, type_: str, timestamp: str, tech_info: str | None

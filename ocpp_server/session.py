@@ -8,7 +8,11 @@ library's receive loop so that
 - a station over its rate budget gets ``GenericError`` (it will retry: nothing is lost);
 - a station not yet approved gets ``SecurityError`` for anything but BootNotification;
 - CALLRESULTs nobody waits for are dropped instead of piling up in memory;
-- frames are not logged at INFO (they carry idTokens; and at 2,000 stations it costs CPU).
+- frames are not logged at INFO (they carry idTokens; and at 2,000 stations it costs CPU);
+- JSON is parsed strictly (``limits.parse_json``: no NaN/Infinity, bounded depth), so a
+  hostile frame gets a CALLERROR and the connection stays open;
+- a handler failure (InternalError: a bug of ours) logs its traceback once per cause and
+  interval (``throttle.py``), not once per frame.
 """
 
 from __future__ import annotations
@@ -30,8 +34,10 @@ from ocpp.messages import Call, CallError, CallResult, MessageType, validate_pay
 from ocpp.routing import on
 
 from ocpp_server.config import CsmsConfig
+from ocpp_server.limits import InvalidInput, NotJson, check_outgoing, check_tree, parse_json
 from ocpp_server.metrics import Metrics
 from ocpp_server.repository import Repository, TokenRecord
+from ocpp_server.throttle import CauseThrottle, cause_of
 from ocpp_server.timeutil import now_iso
 from ocpp_server.validation import validate_request
 
@@ -80,6 +86,13 @@ def _encode(value: Any) -> Any:
     return value
 
 
+class OutgoingInvalid(OCPPError):  # type: ignore[misc]
+    """A command we were asked to send holds a value no station may get (NaN, 2^63...)."""
+
+    code = "PropertyConstraintViolation"
+    default_description = "a value of the request is out of range"
+
+
 class StationGone(ConnectionError):
     """The station disconnected while a command waited for its answer."""
 
@@ -88,10 +101,16 @@ DISCONNECTED = object()  # queued to wake a pending command when the socket clos
 
 
 def parse_frame(raw: str | bytes) -> Call | CallResult | CallError:
-    """Decode one websocket frame; raises FrameError naming what is wrong."""
+    """Decode one websocket frame; raises FrameError naming what is wrong.
+
+    A CALL that is not strict JSON but whose messageId is readable gets a FormatViolation
+    with that id (the station can match it); otherwise the id is "-1".
+    """
     try:
-        data = json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
+        data = parse_json(raw)
+    except NotJson as exc:
+        if exc.message_id != "-1":
+            raise FrameError(exc.message_id, "FormatViolation", exc.reason) from None
         raise FrameError("-1", "RpcFrameworkError", "message is not valid JSON") from None
     if not isinstance(data, list) or not data:
         raise FrameError("-1", "RpcFrameworkError", "message is not a JSON array")
@@ -140,6 +159,7 @@ class Backend:
     repo: Repository
     sessions: dict[str, Session] = field(default_factory=dict)
     metrics: Metrics = field(default_factory=Metrics)
+    tracebacks: CauseThrottle = field(default_factory=CauseThrottle)
 
 
 async def authorize(repo: Repository, id_token: str) -> tuple[str, TokenRecord | None]:
@@ -202,7 +222,10 @@ class Session:
             msg = parse_frame(raw_msg)
         except FrameError as exc:
             self._warn("bad_frame", code=exc.code, reason=exc.description)
-            await self._send(CallError(exc.message_id, exc.code, exc.description, {}).to_json())
+            code = exc.code
+            if code == "FormatViolation" and self._ocpp_version == "1.6":
+                code = "FormationViolation"
+            await self._send(CallError(exc.message_id, code, exc.description, {}).to_json())
             return
         if isinstance(msg, Call):
             t0 = time.perf_counter()
@@ -221,7 +244,7 @@ class Session:
         elif not self.approved and msg.action != "BootNotification":
             error = ("SecurityError", "station is not accepted; send BootNotification first")
         if error is not None:
-            self._warn("call_refused", action=msg.action, code=error[0])
+            self._warn("call_refused", action=msg.action[:40], code=error[0])
             await self._send(CallError(msg.unique_id, error[0], error[1], {}).to_json())
             return False
         self.current = msg
@@ -229,11 +252,20 @@ class Session:
             reply = await self._dispatch(msg)
         except Exception as exc:  # an OCPPError names the problem; anything else is ours
             if not isinstance(exc, OCPPError):
-                self.log.exception("handler_failed", action=msg.action)
+                self._internal_error(msg.action, exc)
             await self._send(msg.create_call_error(exc).to_json())
             return False
         await self._send(reply)
         return True
+
+    def _internal_error(self, action: str, exc: Exception) -> None:
+        """Count a bug of ours; its traceback is logged once per cause and interval."""
+        self.backend.metrics.internal_errors += 1
+        cause = f"{action[:40]}:{cause_of(exc)}"
+        allowed, suppressed = self.backend.tracebacks.allow(cause)
+        if allowed:
+            self.log.error("handler_failed", action=action[:40], cause=cause,
+                           suppressed_since_last=suppressed, exc_info=exc)
 
     async def _dispatch(self, msg: Call) -> str:
         """Validate, run the ``@on`` handler, and encode its answer.
@@ -254,6 +286,18 @@ class Session:
         await self._connection.send(message)  # type: ignore[attr-defined]
 
     # send side ------------------------------------------------------------------------
+    async def vet_call(self, action: str, payload: dict[str, Any]) -> Call:
+        """The CALL ``call_raw`` would send; raises (OutgoingInvalid, OCPPError) as it does
+        when the request is out of range or violates the schema, so a caller can check a
+        request before recording it."""
+        call = Call(str(uuid.uuid4()), action, payload)
+        try:
+            check_outgoing(payload)
+        except InvalidInput as exc:
+            raise OutgoingInvalid(str(exc), {"field": exc.field}) from None
+        await validate_payload(call, self._ocpp_version)
+        return call
+
     async def call_raw(self, action: str, payload: dict[str, Any],
                        timeout: float | None = None) -> dict[str, Any]:
         """Send a CALL built from a camelCase payload; returns the CALLRESULT payload.
@@ -262,8 +306,7 @@ class Session:
         StationCallError when the station answers with a CALLERROR, TimeoutError when it
         does not answer within ``timeout`` (default: ``call_timeout``).
         """
-        call = Call(str(uuid.uuid4()), action, payload)
-        await validate_payload(call, self._ocpp_version)
+        call = await self.vet_call(action, payload)
         async with asyncio.timeout(timeout or self.cfg.call_timeout):
             async with self._call_lock:  # type: ignore[attr-defined]
                 await self._send(call.to_json())
@@ -276,6 +319,11 @@ class Session:
         if isinstance(response, CallError):
             raise StationCallError(response.error_code, response.error_description,
                                    response.error_details)
+        try:
+            check_tree(response.payload)
+        except InvalidInput as exc:
+            raise StationCallError("FormatViolation", f"the station's answer: {exc}",
+                                   {}) from None
         response.action = action
         try:
             await validate_payload(response, self._ocpp_version)

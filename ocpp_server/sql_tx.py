@@ -1,7 +1,9 @@
 """SQL for transactions and meter values; runs on the storage thread's connection.
 
 Meter values are normalised on the way in (value × 10^multiplier, kWh→Wh, kW→W) so energy
-is a plain subtraction; the raw sample is kept next to it.
+is a plain subtraction; the raw sample is kept next to it. Each sample is checked for
+plausibility (``plausibility.py``) first; a flagged one is stored with its flag and left out of
+the energy. ``flags`` arguments collect the flags raised, for the metrics.
 """
 
 from __future__ import annotations
@@ -10,9 +12,11 @@ import json
 import sqlite3
 from typing import Any
 
+from ocpp_server.limits import load_stored
+from ocpp_server.plausibility import ENERGY, Limits, check_sample, check_stop_v16
 from ocpp_server.timeutil import norm_ts, now_iso
 
-ENERGY = "Energy.Active.Import.Register"
+DEFAULT_LIMITS = Limits(3_750_000.0, 1.1)
 _SCALE = {"kWh": ("Wh", 1000.0), "kW": ("W", 1000.0), "kvarh": ("varh", 1000.0),
           "kvar": ("var", 1000.0), "kVA": ("VA", 1000.0), "kVAh": ("VAh", 1000.0)}
 
@@ -45,17 +49,22 @@ def _sample_row(sample: dict[str, Any]) -> tuple[str, str | None, str | None, st
 
 def insert_meter_values(conn: sqlite3.Connection, station_id: str, tx_pk: int | None,
                         evse_id: int | None, meter_values: list[dict[str, Any]],
-                        source: str) -> None:
-    rows = []
+                        source: str, limits: Limits = DEFAULT_LIMITS,
+                        flags: list[str] | None = None) -> None:
+    """Store samples one by one, each checked against those stored before it."""
     for mv in meter_values:
         ts = norm_ts(mv.get("timestamp")) or now_iso()
         for sample in mv.get("sampledValue", []):
             m, phase, loc, ctx, unit, value = _sample_row(sample)
-            rows.append((station_id, tx_pk, evse_id, ts, m, phase, loc, ctx, unit, value,
-                         json.dumps(sample, separators=(",", ":")), source))
-    conn.executemany(
-        "INSERT INTO meter_values (station_id, tx_pk, evse_id, timestamp, measurand, phase,"
-        " location, context, unit, value, raw, source) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)", rows)
+            flag = check_sample(conn, tx_pk, ts, m, phase, loc, value, limits)
+            if flag is not None and flags is not None:
+                flags.append(flag)
+            conn.execute(
+                "INSERT INTO meter_values (station_id, tx_pk, evse_id, timestamp, measurand,"
+                " phase, location, context, unit, value, raw, source, flag)"
+                " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                (station_id, tx_pk, evse_id, ts, m, phase, loc, ctx, unit, value,
+                 json.dumps(sample, separators=(",", ":")), source, flag))
 
 
 def _tx_pk(conn: sqlite3.Connection, station_id: str, transaction_id: str,
@@ -74,7 +83,8 @@ def find_tx_pk(conn: sqlite3.Connection, station_id: str, transaction_id: str) -
     return None if row is None else int(row[0])
 
 
-def transaction_event(conn: sqlite3.Connection, station_id: str, p: dict[str, Any]) -> bool:
+def transaction_event(conn: sqlite3.Connection, station_id: str, p: dict[str, Any],
+                      limits: Limits = DEFAULT_LIMITS, flags: list[str] | None = None) -> bool:
     info = p["transactionInfo"]
     tx_pk = _tx_pk(conn, station_id, info["transactionId"], "2.0.1")
     ts = norm_ts(p["timestamp"]) or now_iso()
@@ -105,7 +115,7 @@ def transaction_event(conn: sqlite3.Connection, station_id: str, p: dict[str, An
          now_iso(), tx_pk))
     if p.get("meterValue"):
         insert_meter_values(conn, station_id, tx_pk, evse.get("id"), p["meterValue"],
-                            "TransactionEvent")
+                            "TransactionEvent", limits, flags)
     return True
 
 
@@ -130,7 +140,8 @@ def start_v16(conn: sqlite3.Connection, station_id: str, p: dict[str, Any]) -> i
     return tx_pk
 
 
-def stop_v16(conn: sqlite3.Connection, station_id: str, p: dict[str, Any]) -> bool:
+def stop_v16(conn: sqlite3.Connection, station_id: str, p: dict[str, Any],
+             limits: Limits = DEFAULT_LIMITS, flags: list[str] | None = None) -> bool:
     tx_pk = find_tx_pk(conn, station_id, str(p["transactionId"]))
     if tx_pk is None:
         return False
@@ -141,24 +152,30 @@ def stop_v16(conn: sqlite3.Connection, station_id: str, p: dict[str, Any]) -> bo
         (tx_pk, 1, "StopTransaction", ts, json.dumps(p, separators=(",", ":")), now_iso()))
     if cur.rowcount == 0:
         return True  # repeated StopTransaction: already stored
-    conn.execute(
-        "UPDATE transactions SET ended_at=?, meter_stop_wh=?, stop_reason=?, updated_at=?"
-        " WHERE id=?",
-        (ts, float(p["meterStop"]), p.get("reason", "Local"), now_iso(), tx_pk))
     row = conn.execute("SELECT connector_id FROM transactions WHERE id=?", (tx_pk,)).fetchone()
     if p.get("transactionData"):
         insert_meter_values(conn, station_id, tx_pk, row[0], p["transactionData"],
-                            "StopTransaction")
+                            "StopTransaction", limits, flags)
+    flag = check_stop_v16(conn, tx_pk, ts, float(p["meterStop"]), limits)
+    if flag is not None and flags is not None:
+        flags.append(flag)
+    conn.execute(
+        "UPDATE transactions SET ended_at=?, meter_stop_wh=?, stop_reason=?, updated_at=?,"
+        " flag=? WHERE id=?",
+        (ts, float(p["meterStop"]), p.get("reason", "Local"), now_iso(), flag, tx_pk))
     return True
 
 
 def _energy_wh(conn: sqlite3.Connection, tx: dict[str, Any]) -> float | None:
+    """Last − first plausible register value; None when the stop value itself is flagged."""
+    if tx.get("flag") is not None:
+        return None
     if tx["meter_start_wh"] is not None and tx["meter_stop_wh"] is not None:
         return float(tx["meter_stop_wh"] - tx["meter_start_wh"])
     row = conn.execute(
         "SELECT MIN(value), MAX(value) FROM meter_values WHERE tx_pk=? AND measurand=? AND"
-        " phase IS NULL AND (location IS NULL OR location='Outlet') AND value IS NOT NULL",
-        (tx["id"], ENERGY)).fetchone()
+        " phase IS NULL AND (location IS NULL OR location='Outlet') AND value IS NOT NULL"
+        " AND flag IS NULL", (tx["id"], ENERGY)).fetchone()
     lo = tx["meter_start_wh"] if tx["meter_start_wh"] is not None else row[0]
     hi = tx["meter_stop_wh"] if tx["meter_stop_wh"] is not None else row[1]
     return None if lo is None or hi is None else float(hi - lo)
@@ -181,6 +198,9 @@ def list_transactions(conn: sqlite3.Connection, where: list[str], args: list[Any
         tx.pop("start_key", None)
         tx["active"] = tx["ended_at"] is None
         tx["energy_wh"] = _energy_wh(conn, tx)
+        tx["implausible_samples"] = conn.execute(
+            "SELECT COUNT(*) FROM meter_values WHERE tx_pk=? AND flag IS NOT NULL",
+            (tx["id"],)).fetchone()[0]
         out.append(tx)
     return out
 
@@ -193,9 +213,15 @@ def get_transaction(conn: sqlite3.Connection, tx_pk: int) -> dict[str, Any] | No
     cur = conn.execute("SELECT seq_no, event_type, trigger_reason, timestamp, payload,"
                        " received_at FROM transaction_events WHERE tx_pk=? ORDER BY"
                        " timestamp, seq_no", (tx_pk,))
-    tx["events"] = [dict(_row_dict(cur, r), payload=json.loads(r[4])) for r in cur.fetchall()]
+    tx["events"] = []
+    for r in cur.fetchall():
+        event = _row_dict(cur, r)
+        event["payload"], error = load_stored(r[4])
+        if error is not None:  # stored by an older backend without the checks
+            event["payload_error"] = error
+        tx["events"].append(event)
     cur = conn.execute("SELECT timestamp, measurand, phase, location, context, unit, value,"
-                       " source FROM meter_values WHERE tx_pk=? ORDER BY timestamp, id",
+                       " source, flag FROM meter_values WHERE tx_pk=? ORDER BY timestamp, id",
                        (tx_pk,))
     tx["meter_values"] = [_row_dict(cur, r) for r in cur.fetchall()]
     return tx

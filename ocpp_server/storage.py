@@ -21,8 +21,11 @@ from typing import Any, TypeVar
 import structlog
 
 from ocpp_server import sql_tx
+from ocpp_server.limits import check_tree, load_stored
 from ocpp_server.migrations import migrate
+from ocpp_server.plausibility import Limits, station_limits
 from ocpp_server.repository import AlreadyExists, StationRecord, TokenRecord, TxFilter
+from ocpp_server.throttle import CauseThrottle
 from ocpp_server.timeutil import norm_ts, now_iso
 
 log = structlog.get_logger("ocpp_server.storage")
@@ -41,11 +44,32 @@ def _set_results(done: list[tuple[asyncio.Future[Any], bool, Any]]) -> None:
             fut.set_exception(value)
 
 
+_unreadable = CauseThrottle(interval=300.0)
+
+
+def _with_payload(row: dict[str, Any], text: str, key: str = "payload") -> dict[str, Any]:
+    """``row`` with its stored JSON under ``key``; an unreadable one is None plus the reason."""
+    value, error = load_stored(text)
+    row[key] = value
+    if error is not None:
+        row[f"{key}_error"] = error
+        allowed, suppressed = _unreadable.allow(key)  # only the storage thread gets here
+        if allowed:
+            log.error("stored_payload_unreadable", error=error, suppressed=suppressed)
+    return row
+
+
 class SqliteRepository:
     """The default ``Repository``; see the module docstring for the durability contract."""
 
-    def __init__(self, path: str | Path, synchronous: str = "FULL") -> None:
+    def __init__(self, path: str | Path, synchronous: str = "FULL", *,
+                 rated_power_w: float = 3_750_000.0, plausibility_margin: float = 1.1,
+                 on_flag: Callable[[str, int], None] | None = None) -> None:
+        """``rated_power_w``: rating of stations without their own (plausibility.py);
+        ``on_flag(reason, n)``: told, on the event loop, of implausible samples committed."""
         self._path = str(path)
+        self._default_w, self._margin = rated_power_w, plausibility_margin
+        self._on_flag = on_flag
         self._synchronous = synchronous
         self._queue: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
@@ -170,18 +194,18 @@ class SqliteRepository:
         return StationRecord(id=row[0], password_hash=row[1], security_profile=row[2],
                              approved=bool(row[3]), ocpp_version=row[4], vendor=row[5],
                              model=row[6], serial_number=row[7], firmware_version=row[8],
-                             created_at=row[9], last_boot_at=row[10])
+                             created_at=row[9], last_boot_at=row[10], rated_power_w=row[11])
 
     _STATION_COLS = ("id, password_hash, security_profile, approved, ocpp_version, vendor, model,"
-                     " serial_number, firmware_version, created_at, last_boot_at")
+                     " serial_number, firmware_version, created_at, last_boot_at, rated_power_w")
 
     async def add_station(self, station: StationRecord) -> None:
         def fn(c: sqlite3.Connection) -> None:
             try:
                 c.execute("INSERT INTO stations (id, password_hash, security_profile, approved,"
-                          " created_at) VALUES (?,?,?,?,?)",
+                          " created_at, rated_power_w) VALUES (?,?,?,?,?,?)",
                           (station.id, station.password_hash, station.security_profile,
-                           int(station.approved), now_iso()))
+                           int(station.approved), now_iso(), station.rated_power_w))
             except sqlite3.IntegrityError as exc:
                 raise AlreadyExists(f"station {station.id!r} already exists") from exc
         await self._run(fn)
@@ -202,6 +226,11 @@ class SqliteRepository:
     async def set_station_password(self, station_id: str, password_hash: str | None) -> bool:
         return await self._run(lambda c: c.execute(
             "UPDATE stations SET password_hash=? WHERE id=?", (password_hash, station_id)
+        ).rowcount == 1)
+
+    async def set_station_rating(self, station_id: str, rated_power_w: float | None) -> bool:
+        return await self._run(lambda c: c.execute(
+            "UPDATE stations SET rated_power_w=? WHERE id=?", (rated_power_w, station_id)
         ).rowcount == 1)
 
     async def set_station_approved(self, station_id: str, approved: bool) -> bool:
@@ -275,23 +304,44 @@ class SqliteRepository:
         return await self._run(fn)
 
     # transactions -------------------------------------------------------------------
+    def _limits(self, c: sqlite3.Connection, station_id: str) -> Limits:
+        return station_limits(c, station_id, self._default_w, self._margin)
+
+    def _count(self, flags: list[str]) -> None:
+        """Report flags once their job committed (the future resolved without error)."""
+        if self._on_flag is not None:
+            for reason in set(flags):
+                self._on_flag(reason, flags.count(reason))
+
     async def record_transaction_event(self, station_id: str, payload: dict[str, Any]) -> bool:
-        return await self._run(lambda c: sql_tx.transaction_event(c, station_id, payload))
+        flags: list[str] = []
+        new = await self._run(lambda c: sql_tx.transaction_event(
+            c, station_id, payload, self._limits(c, station_id), flags))
+        self._count(flags)
+        return new
 
     async def start_transaction_v16(self, station_id: str, payload: dict[str, Any]) -> int:
         return await self._run(lambda c: sql_tx.start_v16(c, station_id, payload))
 
     async def stop_transaction_v16(self, station_id: str, payload: dict[str, Any]) -> bool:
-        return await self._run(lambda c: sql_tx.stop_v16(c, station_id, payload))
+        flags: list[str] = []
+        found = await self._run(lambda c: sql_tx.stop_v16(
+            c, station_id, payload, self._limits(c, station_id), flags))
+        self._count(flags)
+        return found
 
     async def record_meter_values(self, station_id: str, evse_id: int,
                                   transaction_id: str | None,
                                   meter_values: list[dict[str, Any]], source: str) -> None:
+        flags: list[str] = []
+
         def fn(c: sqlite3.Connection) -> None:
             tx_pk = (None if transaction_id is None
                      else sql_tx.find_tx_pk(c, station_id, transaction_id))
-            sql_tx.insert_meter_values(c, station_id, tx_pk, evse_id, meter_values, source)
+            sql_tx.insert_meter_values(c, station_id, tx_pk, evse_id, meter_values, source,
+                                       self._limits(c, station_id), flags)
         await self._run(fn)
+        self._count(flags)
 
     async def list_transactions(self, flt: TxFilter) -> list[dict[str, Any]]:
         where: list[str] = []
@@ -312,17 +362,35 @@ class SqliteRepository:
 
     # the rest -----------------------------------------------------------------------
     async def record_message(self, station_id: str, action: str, payload: dict[str, Any]) -> None:
+        check_tree(payload)  # never store what a later read could not give back (limits.py)
         await self._run(lambda c: c.execute(
             "INSERT INTO messages (station_id, action, payload, received_at) VALUES (?,?,?,?)",
             (station_id, action, json.dumps(payload, separators=(",", ":")), now_iso())))
 
-    async def list_messages(self, station_id: str,
-                            action: str | None = None) -> list[dict[str, Any]]:
+    async def adopt_remote_start_token(self, station_id: str, transaction_id: str,
+                                       remote_start_id: int) -> str | None:
+        def fn(c: sqlite3.Connection) -> str | None:
+            row = c.execute(
+                "SELECT json_extract(payload, '$.idToken.idToken') FROM messages WHERE"
+                " station_id=? AND action='RequestStartTransaction' AND"
+                " json_extract(payload, '$.remoteStartId')=? ORDER BY id DESC LIMIT 1",
+                (station_id, remote_start_id)).fetchone()
+            if row is None or row[0] is None:
+                return None
+            c.execute("UPDATE transactions SET id_token=? WHERE station_id=? AND"
+                      " transaction_id=? AND id_token IS NULL",
+                      (row[0], station_id, transaction_id))
+            return str(row[0])
+        return await self._run(fn)
+
+    async def list_messages(self, station_id: str, action: str | None = None,
+                            limit: int = 1000, offset: int = 0) -> list[dict[str, Any]]:
         def fn(c: sqlite3.Connection) -> list[dict[str, Any]]:
             rows = c.execute(
                 "SELECT action, payload, received_at FROM messages WHERE station_id=? AND"
-                " (? IS NULL OR action=?) ORDER BY id", (station_id, action, action)).fetchall()
-            return [{"action": a, "payload": json.loads(p), "received_at": t} for a, p, t in rows]
+                " (? IS NULL OR action=?) ORDER BY id LIMIT ? OFFSET ?",
+                (station_id, action, action, limit, offset)).fetchall()
+            return [_with_payload({"action": a, "received_at": t}, p) for a, p, t in rows]
         return await self._run(fn)
 
     async def record_security_event(self, station_id: str, type_: str, timestamp: str,
@@ -342,6 +410,7 @@ class SqliteRepository:
 
     async def record_charging_profile(self, station_id: str, evse_id: int,
                                       profile: dict[str, Any], status: str) -> None:
+        check_tree(profile)
         await self._run(lambda c: c.execute(
             "INSERT INTO charging_profiles (station_id, evse_id, profile_id, payload, status,"
             " sent_at) VALUES (?,?,?,?,?,?)",
@@ -353,6 +422,6 @@ class SqliteRepository:
             rows = c.execute("SELECT evse_id, profile_id, payload, status, sent_at FROM"
                              " charging_profiles WHERE station_id=? ORDER BY id",
                              (station_id,)).fetchall()
-            return [{"evse_id": e, "profile_id": i, "profile": json.loads(p), "status": s,
-                     "sent_at": t} for e, i, p, s, t in rows]
+            return [_with_payload({"evse_id": e, "profile_id": i, "status": s, "sent_at": t}, p,
+                                  "profile") for e, i, p, s, t in rows]
         return await self._run(fn)

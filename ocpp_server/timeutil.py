@@ -31,4 +31,8 @@ def norm_ts(value: str | None) -> str | None:
         return value
     if dt.tzinfo is None:
         dt = dt.replace(tzinfo=UTC)
-    return dt.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    try:
+        utc = dt.astimezone(UTC)
+    except OverflowError:  # 0001-01-01T00:00:00+14:00: before year 1 in UTC
+        return value
+    return utc.isoformat(timespec="milliseconds").replace("+00:00", "Z")

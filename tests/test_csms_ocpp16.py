@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from pathlib import Path
 from typing import Any
 
@@ -23,12 +24,18 @@ async def csms(tmp_path: Path) -> Any:
         yield server
 
 
+def ago(seconds: float) -> str:
+    t = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=seconds)
+    return t.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
 def url(server: Any) -> str:
     return f"ws://127.0.0.1:{server.ocpp_port}"
 
 
-def energy(wh: int, context: str = "Sample.Periodic") -> list[dict[str, Any]]:
-    return [{"timestamp": now(), "sampled_value": [
+def energy(wh: int, context: str = "Sample.Periodic",
+           ts: str | None = None) -> list[dict[str, Any]]:
+    return [{"timestamp": ts or now(), "sampled_value": [
         {"value": str(wh), "context": context, "measurand": "Energy.Active.Import.Register",
          "unit": "Wh"}]}]
 
@@ -56,7 +63,7 @@ async def test_boot_heartbeat_status_authorize(csms: Any) -> None:
 async def test_start_stop_transaction_ids_assigned_by_backend(csms: Any) -> None:
     async with station(url(csms), "CP16", ChargePoint) as cp:
         await cp.call(BOOT, suppress=False)
-        ts = now()
+        ts = ago(7200)  # 150 kWh in two hours: plausible for the default rating
         start = call.StartTransaction(connector_id=1, id_tag="TAG1", meter_start=1000,
                                       timestamp=ts)
         first = await cp.call(start, suppress=False)
@@ -68,7 +75,8 @@ async def test_start_stop_transaction_ids_assigned_by_backend(csms: Any) -> None
         assert first.id_tag_info["status"] == "Accepted"
         tx = first.transaction_id
         await cp.call(call.MeterValues(connector_id=1, transaction_id=tx,
-                                       meter_value=energy(50000)), suppress=False)
+                                       meter_value=energy(50000, ts=ago(3600))),
+                      suppress=False)
         stop = call.StopTransaction(meter_stop=151000, timestamp=now(), transaction_id=tx,
                                     reason="EVDisconnected", id_tag="TAG1",
                                     transaction_data=energy(151000, "Transaction.End"))

@@ -4,6 +4,8 @@ client and the project's own backend (ocpp_server) on loopback."""
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
+import time
 from pathlib import Path
 
 from csms_fixtures import PASSWORD, add_token, make_config, provision, running_csms
@@ -24,7 +26,11 @@ async def test_real_station_1_6_transaction_reaches_project_csms(tmp_path: Path)
                              password=PASSWORD, database=str(tmp_path / "station.sqlite3"),
                              sampled_interval_s=1, retry_backoff_wait_minimum_s=0,
                              retry_backoff_random_range_s=0)
-            svc = Ocpp16Service(cfg, r.station.config)
+            # OCPP timestamps from the rig's simulated clock, as in the demo: the backend
+            # checks meter values against the time between them (plausibility.py).
+            base = time.time() - r.clock()
+            svc = Ocpp16Service(cfg, r.station.config,
+                        wall=lambda: dt.datetime.fromtimestamp(base + r.clock(), dt.UTC))
             svc.attach(r.station)
             task = asyncio.ensure_future(svc.run())
             try:

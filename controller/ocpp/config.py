@@ -31,7 +31,7 @@ def _aligned() -> list[Measurand]:
 class OcppConfig(BaseModel):
     """How the station talks to its backend (CSMS)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)  # NaN, inf: never
 
     #: "2.0.1" (subprotocol ocpp2.0.1, controller/ocpp/) or "1.6" (ocpp1.6, OCPP 1.6J with
     #: the security extension, controller/ocpp16/); both share connection, queue and limits.
@@ -44,7 +44,7 @@ class OcppConfig(BaseModel):
     cert_file: str | None = None  # profile 3: client certificate (PEM)
     key_file: str | None = None  # profile 3: client key (PEM)
     database: str = "ocpp.sqlite3"  # device model, offline queue, profiles, open transactions
-    queue_max: int = Field(default=10_000, ge=10)
+    queue_max: int = Field(default=10_000, ge=10, le=10_000_000)
     vendor: str = "mwcharge"
     model: str = "MCS-2400"
     serial_number: str | None = None

@@ -8,15 +8,21 @@ restart. Read-only variables reject writes, write-only variables are never repor
 
 from __future__ import annotations
 
+import math
+import re
 import sqlite3
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from controller import logs
 from controller.config import StationConfig
 from controller.ocpp.config import OcppConfig
 
 RO, RW, WO = "ReadOnly", "ReadWrite", "WriteOnly"
+INT32_MAX = 2 ** 31 - 1
+#: passwordString of OCPP 2.0.1 (Part 2, BasicAuthPassword: 16 to 40 of these characters)
+PASSWORD_CHARS = r"[A-Za-z0-9*\-_=:+|@.]*"
 MEASURANDS = ("Energy.Active.Import.Register,Power.Active.Import,Current.Import,Voltage,SoC")
 TX_POINTS = "EVConnected,Authorized,PowerPathClosed,EnergyTransfer"
 
@@ -34,6 +40,11 @@ class Var:
     unit: str | None = None
     values: str | None = None  # valuesList (OptionList / MemberList)
     max_limit: float | None = None
+    lo: float = 0  # integer / decimal: the range a written value must be in
+    hi: float = INT32_MAX
+    min_len: int = 0  # string: the length a written value must have
+    max_len: int = 1000
+    charset: str | None = None  # string: a regular expression every value must match
 
     @property
     def key(self) -> tuple[str, int | None, int | None, str, str | None]:
@@ -49,7 +60,7 @@ def default_vars(cfg: OcppConfig, station: StationConfig) -> list[Var]:
     c = cfg
     v = [
         Var("OCPPCommCtrlr", "HeartbeatInterval", "integer", RW, str(int(c.heartbeat_interval_s)),
-            unit="s"),
+            unit="s", lo=1),
         Var("OCPPCommCtrlr", "MessageAttempts", "integer", RW, str(c.message_attempts),
             instance="TransactionEvent"),
         Var("OCPPCommCtrlr", "MessageAttemptInterval", "integer", RW,
@@ -93,7 +104,7 @@ def default_vars(cfg: OcppConfig, station: StationConfig) -> list[Var]:
         Var("TxCtrlr", "StopTxOnEVSideDisconnect", "boolean", RO, "true"),
         Var("TxCtrlr", "StopTxOnInvalidId", "boolean", RW, "true"),
         Var("AuthCtrlr", "Enabled", "boolean", RO, _b(not station.station.free_charging)),
-        Var("AuthCtrlr", "AuthorizeRemoteStart", "boolean", RO, "false"),
+        Var("AuthCtrlr", "AuthorizeRemoteStart", "boolean", RW, "false"),
         Var("AuthCtrlr", "LocalAuthorizeOffline", "boolean", RW, "true"),
         Var("AuthCtrlr", "LocalPreAuthorize", "boolean", RW, _b(c.local_pre_authorize)),
         Var("AuthCtrlr", "OfflineTxForUnknownIdEnabled", "boolean", RW,
@@ -101,7 +112,8 @@ def default_vars(cfg: OcppConfig, station: StationConfig) -> list[Var]:
         Var("AuthCacheCtrlr", "Enabled", "boolean", RW, _b(c.auth_cache_enabled)),
         Var("AuthCacheCtrlr", "LifeTime", "integer", RW, str(int(c.auth_cache_lifetime_s)),
             unit="s"),
-        Var("SecurityCtrlr", "BasicAuthPassword", "string", WO, c.password or ""),
+        Var("SecurityCtrlr", "BasicAuthPassword", "string", WO, c.password or "", min_len=16,
+            max_len=40, charset=PASSWORD_CHARS),
         Var("SecurityCtrlr", "SecurityProfile", "integer", RO, str(c.security_profile)),
         Var("SecurityCtrlr", "Identity", "string", RO, c.station_id or station.station.id),
         Var("ClockCtrlr", "DateTime", "dateTime", RO, ""),
@@ -115,7 +127,7 @@ def default_vars(cfg: OcppConfig, station: StationConfig) -> list[Var]:
         Var("SmartChargingCtrlr", "RateUnit", "MemberList", RO, "A,W"),
         Var("SmartChargingCtrlr", "PeriodsPerSchedule", "integer", RO, "24"),
         Var("SmartChargingCtrlr", "ProfileStackLevel", "integer", RO, "9"),
-        Var("SmartChargingCtrlr", "LimitChangeSignificance", "decimal", RW, "0.05"),
+        Var("SmartChargingCtrlr", "LimitChangeSignificance", "decimal", RW, "0.05", hi=1.0),
         Var("ChargingStation", "Power", "decimal", RO, str(station.station.max_kw * 1000.0),
             unit="W", max_limit=station.station.max_kw * 1000.0),
     ]
@@ -135,21 +147,38 @@ def default_vars(cfg: OcppConfig, station: StationConfig) -> list[Var]:
     return v
 
 
-def _valid(var: Var, value: str) -> bool:
-    try:
-        if var.type == "integer":
-            return int(value) >= 0
-        if var.type == "decimal":
-            return float(value) == float(value)
-    except ValueError:
-        return False
+def problem(var: Var, value: object) -> str | None:
+    """Why ``value`` cannot be the value of ``var`` (None: it can): the data type, a finite
+    number in the variable's range, the length (and characters) of a string."""
+    if not isinstance(value, str):
+        return "value must be a string"
+    if var.type in ("integer", "decimal"):
+        if len(value) > 40:
+            return f"{value[:20]}...: not a number of at most 40 characters"
+        try:
+            num = int(value) if var.type == "integer" else float(value)
+        except ValueError:
+            return f"{value!r} is not an {var.type}" if var.type == "integer" else (
+                f"{value!r} is not a decimal")
+        if not math.isfinite(num) or not var.lo <= num <= var.hi:
+            return f"{value} is outside {var.lo:g}..{var.hi:g}"
+        return None
     if var.type == "boolean":
-        return value in ("true", "false")
+        return None if value in ("true", "false") else f"{value[:40]!r} is not true or false"
     if var.type in ("MemberList", "OptionList") and var.values:
         allowed = set(var.values.split(","))
         parts = value.split(",") if var.type == "MemberList" else [value]
-        return bool(value) and all(p in allowed for p in parts)
-    return len(value) <= 1000
+        ok = bool(value) and all(p in allowed for p in parts)
+        return None if ok else f"{value[:60]!r}: allowed are {var.values}"
+    if not var.min_len <= len(value) <= var.max_len:
+        return f"{len(value)} characters, must be {var.min_len}..{var.max_len}"
+    if var.charset is not None and not re.fullmatch(var.charset, value):
+        return "contains characters that are not allowed"
+    return None
+
+
+def _valid(var: Var, value: str) -> bool:
+    return problem(var, value) is None
 
 
 class DeviceModel:
@@ -166,11 +195,33 @@ class DeviceModel:
                    "PRIMARY KEY (component, evse, connector, name, instance))")
         self.values: dict[tuple[str, int | None, int | None, str, str | None], str] = {
             k: v.default for k, v in self.vars.items()}
-        for comp, evse, conn, name, inst, value in db.execute(
-                "SELECT component, evse, connector, name, instance, value FROM device_model"):
+        self._load()
+
+    def _load(self) -> None:
+        """The persisted overrides, each validated again: a value the variable cannot have
+        (a corrupt row, or one stored before a range was enforced) is deleted with an error
+        event and the default stays."""
+        log = logs.get_logger("mwc.ocpp.device_model")
+        bad = []
+        rows = self.db.execute("SELECT component, evse, connector, name, instance, value "
+                               "FROM device_model").fetchall()
+        for comp, evse, conn, name, inst, value in rows:
             key = (comp, evse, conn, name, inst or None)
-            if key in self.vars:
-                self.values[key] = value
+            var = self.vars.get(key)
+            if var is None:
+                continue
+            why = problem(var, value)
+            if why is not None:
+                bad.append((comp, evse, conn, name, inst))
+                log.error("persisted_variable_dropped", component=comp, variable=name,
+                          instance=inst or None, reason=why)
+                continue
+            self.values[key] = value
+        if bad:
+            with self.db:
+                for row in bad:
+                    self.db.execute("DELETE FROM device_model WHERE component IS ? AND evse IS ?"
+                                    " AND connector IS ? AND name IS ? AND instance IS ?", row)
 
     # --------------------------------------------------------------- typed reads (for us)
     def get(self, component: str, name: str, instance: str | None = None,

@@ -14,11 +14,13 @@ from __future__ import annotations
 
 import itertools
 import json
+import math
 import sqlite3
 from collections.abc import Callable
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from controller import logs
 from controller.limits import STATION, Limit, LimitBook, gun
 
 KEY = "ocpp"
@@ -29,6 +31,97 @@ _PERIOD = {"Daily": timedelta(days=1), "Weekly": timedelta(days=7)}
 
 def _dt(s: str | None) -> datetime | None:
     return datetime.fromisoformat(s.replace("Z", "+00:00")) if s else None
+
+
+#: Dates a profile may carry (UTC). Beyond them the schedule arithmetic (periods, recurrence,
+#: duration up to 2^31 s) could leave ``datetime``'s range.
+EARLIEST, LATEST = datetime(1970, 1, 1, tzinfo=UTC), datetime(9000, 1, 1, tzinfo=UTC)
+MAX_ID = 2 ** 31 - 1
+
+
+def _time_problem(name: str, value: Any) -> str | None:
+    """Why ``value`` is not a usable dateTime (RFC 3339 with an offset, 1970..9000)."""
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        return f"{name} must be an RFC 3339 dateTime string"
+    try:
+        t = datetime.fromisoformat(value.replace("Z", "+00:00").replace("z", "+00:00"))
+    except ValueError:
+        return f"{name} = {value[:40]!r} is not an RFC 3339 dateTime"
+    if t.tzinfo is None:
+        return f"{name} = {value[:40]!r} has no UTC offset"
+    try:
+        ok = EARLIEST <= t.astimezone(UTC) < LATEST
+    except (OverflowError, ValueError):
+        ok = False
+    return None if ok else f"{name} = {value[:40]!r} is outside 1970..9000"
+
+
+def _int_problem(name: str, value: Any, lo: int, hi: int = MAX_ID) -> str | None:
+    if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
+        return f"{name} = {str(value)[:40]} must be an integer in {lo}..{hi}"
+    return None
+
+
+def _num_problem(name: str, value: Any) -> str | None:
+    if (isinstance(value, bool) or not isinstance(value, int | float)
+            or not math.isfinite(value) or value < 0):
+        return f"{name} = {str(value)[:40]} must be a finite number >= 0"
+    return None
+
+
+def shape_problem(evse: Any, p: Any, guns: int, max_periods: int) -> str | None:
+    """Why ``p`` (snake_case, as handlers get it) cannot be a profile on ``evse`` whatever
+    the station's state: types, ids, finite non-negative numbers, real dates. Used for new
+    profiles and again for every persisted row at start-up."""
+    if _int_problem("evseId", evse, 0, guns) is not None:
+        return f"unknown EVSE {str(evse)[:20]}"
+    if not isinstance(p, dict):
+        return "chargingProfile must be an object"
+    for name, key, lo in (("id", "id", 0), ("stackLevel", "stack_level", 0)):
+        why = _int_problem(name, p.get(key), lo)
+        if why:
+            return why
+    for name, key in (("validFrom", "valid_from"), ("validTo", "valid_to")):
+        why = _time_problem(name, p.get(key))
+        if why:
+            return why
+    if p.get("charging_profile_purpose") not in (
+            "ChargingStationMaxProfile", "TxDefaultProfile", "TxProfile",
+            "ChargingStationExternalConstraints"):
+        return "unknown chargingProfilePurpose"
+    if p.get("charging_profile_kind") not in ("Absolute", "Recurring", "Relative"):
+        return "unknown chargingProfileKind"
+    scheds = p.get("charging_schedule")
+    if not isinstance(scheds, list) or not 1 <= len(scheds) <= 3:
+        return "chargingSchedule must hold 1 to 3 schedules"
+    for i, s in enumerate(scheds):
+        if not isinstance(s, dict):
+            return f"chargingSchedule[{i}] must be an object"
+        why = (_time_problem(f"chargingSchedule[{i}].startSchedule", s.get("start_schedule"))
+               or (None if s.get("duration") is None else _int_problem(
+                   f"chargingSchedule[{i}].duration", s.get("duration"), 0))
+               or (None if s.get("min_charging_rate") is None else _num_problem(
+                   f"chargingSchedule[{i}].minChargingRate", s.get("min_charging_rate"))))
+        if why:
+            return why
+        periods = s.get("charging_schedule_period")
+        if not isinstance(periods, list) or not periods:
+            return f"chargingSchedule[{i}].chargingSchedulePeriod must not be empty"
+        if len(periods) > max_periods:
+            return f"more than {max_periods} periods"
+        for j, q in enumerate(periods):
+            at = f"chargingSchedule[{i}].chargingSchedulePeriod[{j}]"
+            if not isinstance(q, dict):
+                return f"{at} must be an object"
+            why = (_int_problem(f"{at}.startPeriod", q.get("start_period"), 0)
+                   or _num_problem(f"{at}.limit", q.get("limit"))
+                   or (None if q.get("number_phases") is None else _int_problem(
+                       f"{at}.numberPhases", q.get("number_phases"), 1, 3)))
+            if why:
+                return why
+    return None
 
 
 class Profiles:
@@ -43,13 +136,41 @@ class Profiles:
         db.execute("CREATE TABLE IF NOT EXISTS profiles (id INTEGER PRIMARY KEY, evse INTEGER,"
                    " data TEXT)")
         db.commit()
-        self.items: dict[int, tuple[int, dict[str, Any]]] = {
-            int(i): (int(e), json.loads(d)) for i, e, d in
-            db.execute("SELECT id, evse, data FROM profiles")}
+        self.items: dict[int, tuple[int, dict[str, Any]]] = {}
+        self._load()
+
+    def _load(self) -> None:
+        """The persisted profiles, each validated again: a row that is not a valid profile
+        (corrupt, or stored by an older version that let NaN or a bad date through) is
+        deleted with an error event, never loaded into the limits."""
+        log = logs.get_logger("mwc.ocpp.profiles")
+        bad: list[Any] = []
+        for i, e, d in self.db.execute("SELECT id, evse, data FROM profiles").fetchall():
+            try:
+                p = json.loads(d) if isinstance(d, str | bytes) else None
+            except (ValueError, RecursionError):
+                p = None
+            why = "not JSON" if p is None else shape_problem(e, p, self.guns,
+                                                              self.max_periods)
+            if why is None and p is not None and p.get("id") != i:
+                why = f"row id {i} differs from the profile id {p.get('id')}"
+            if why is not None or not isinstance(p, dict):
+                bad.append(i)
+                log.error("persisted_profile_dropped", profile_id=str(i)[:40], evse=e,
+                          reason=why)
+                continue
+            self.items[int(i)] = (int(e), p)
+        if bad:
+            with self.db:
+                for i in bad:
+                    self.db.execute("DELETE FROM profiles WHERE id IS ?", (i,))
 
     # ------------------------------------------------------------------ K01 validation
     def validate(self, evse: int, p: dict[str, Any]) -> str | None:
         """Why the profile is rejected (None: it is valid)."""
+        why = shape_problem(evse, p, self.guns, self.max_periods)
+        if why is not None:
+            return why
         purpose, kind = p["charging_profile_purpose"], p["charging_profile_kind"]
         if purpose == "ChargingStationExternalConstraints":
             return "ChargingStationExternalConstraints cannot be set by the CSMS"
@@ -88,9 +209,9 @@ class Profiles:
             starts = [q["start_period"] for q in periods]
             if any(b <= a for a, b in itertools.pairwise(starts)):
                 return "startPeriod values must increase"
-            if any(q["limit"] < 0 for q in periods):
-                return "limit must be >= 0"
         vf, vt = _dt(p.get("valid_from")), _dt(p.get("valid_to"))
+        if vf is not None and vt is not None and vt <= vf:
+            return "validTo must be after validFrom"
         for pid, (e, q) in self.items.items():
             if (pid != p["id"] and e == evse and q["stack_level"] == p["stack_level"]
                     and q["charging_profile_purpose"] == purpose
@@ -209,9 +330,13 @@ class Profiles:
             put(gun(e - 1), self.evse_limit(e, wall), "A", e,
                 lambda v, u, e=e: self.to_unit(v, u, "A", e))  # type: ignore[misc]
 
-    def composite(self, evse: int, start: datetime, duration: int, unit: str
+    def composite(self, evse: int, start: datetime, duration: int, unit: str,
+                  local: tuple[tuple[float, str, datetime | None, datetime | None], ...] = ()
                   ) -> list[dict[str, Any]]:
-        """chargingSchedulePeriod list of GetCompositeSchedule over [start, start+duration)."""
+        """chargingSchedulePeriod list of GetCompositeSchedule over [start, start+duration).
+        ``local``: the station's own limits ``(value, "A" | "W", from, until)`` (None: open)
+        — K08: the composite is that of all active schedules *and* the local limits — each
+        capping the profiles' limit while it is in force."""
         end = start + timedelta(seconds=duration)
         t = start
         out: list[dict[str, Any]] = []
@@ -219,8 +344,11 @@ class Profiles:
             cands = [self.station_limit(t)]
             if evse > 0:
                 cands.append(self.evse_limit(evse, t))
+            cands += [(v, u, until or end, -1) for v, u, since, until in local
+                      if (since is None or since <= t) and (until is None or until > t)]
             present = [c for c in cands if c is not None]
-            nxt = min([c[2] for c in present] + [end])
+            nxt = min([c[2] for c in present] + [end] + [
+                since for _v, _u, since, _t in local if since is not None and since > t])
             if present:
                 limit = min(self.to_unit(c[0], c[1], unit, evse) for c in present)
                 off = int((t - start).total_seconds())

@@ -14,6 +14,7 @@ import sqlite3
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from controller import logs
 from controller.config import StationConfig
 from controller.ocpp.config import OcppConfig
 
@@ -22,6 +23,7 @@ MEASURANDS = ("Energy.Active.Import.Register", "Power.Active.Import", "Current.I
               "Voltage", "SoC")
 MAX_MEASURANDS = 5  # MeterValuesSampledDataMaxLength / ...AlignedDataMaxLength
 FEATURES = "Core,SmartCharging,RemoteTrigger"
+INT32_MAX = 2 ** 31 - 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,6 +34,7 @@ class Key:
     default: str
     min_len: int = 0  # str: shortest value accepted
     max_len: int = 500
+    hi: int = INT32_MAX  # int: largest value accepted (the smallest is 0)
 
 
 def _b(x: bool) -> str:
@@ -56,7 +59,7 @@ def standard_keys(cfg: OcppConfig, station: StationConfig) -> list[Key]:
         Key("LocalAuthorizeOffline", "bool", RW, "true"),
         Key("AllowOfflineTxForUnknownId", "bool", RW, _b(c.offline_tx_for_unknown_id)),
         Key("AuthorizationCacheEnabled", "bool", RW, _b(c.auth_cache_enabled)),
-        Key("AuthorizeRemoteTxRequests", "bool", RO, "false"),
+        Key("AuthorizeRemoteTxRequests", "bool", RW, "false"),
         Key("TransactionMessageAttempts", "int", RW, str(c.message_attempts)),
         Key("TransactionMessageRetryInterval", "int", RW,
             str(int(c.message_attempt_interval_s))),
@@ -81,13 +84,16 @@ def standard_keys(cfg: OcppConfig, station: StationConfig) -> list[Key]:
     ]
 
 
-def _normal(key: Key, value: str) -> str | None:
-    """The value as stored (booleans lower-case), None when it is not valid for the key."""
+def _normal(key: Key, value: object) -> str | None:
+    """The value as stored (booleans lower-case), None when it is not valid for the key:
+    an int is decimal digits within 0..``key.hi`` (never 1e400 or 20 digits)."""
+    if not isinstance(value, str):
+        return None
     if key.kind == "int":
-        try:
-            return str(int(value)) if int(value) >= 0 else None
-        except ValueError:
+        text = value.strip()
+        if not text.isascii() or not text.isdigit() or len(text) > 10:
             return None
+        return str(int(text)) if int(text) <= key.hi else None
     if key.kind == "bool":
         return value.lower() if value.lower() in ("true", "false") else None
     if key.kind == "csl":
@@ -108,9 +114,28 @@ class ConfigKeys:
         db.execute("CREATE TABLE IF NOT EXISTS v16_config (key TEXT PRIMARY KEY, value TEXT)")
         db.commit()
         self.values = {k.name: k.default for k in keys}
-        for name, value in db.execute("SELECT key, value FROM v16_config"):
-            if name in self.keys:
-                self.values[name] = value
+        self._load()
+
+    def _load(self) -> None:
+        """The persisted values, each validated again: one the key cannot have is deleted
+        with an error event and the default stays."""
+        bad = []
+        for name, value in self.db.execute("SELECT key, value FROM v16_config").fetchall():
+            key = self.keys.get(name)
+            if key is None:
+                continue
+            norm = _normal(key, value)
+            if norm is None:
+                bad.append(name)
+                logs.get_logger("mwc.ocpp16.config").error(
+                    "persisted_key_dropped", key=str(name)[:60],
+                    reason=f"{str(value)[:40]!r} is not a valid {key.kind} for the key")
+                continue
+            self.values[name] = norm
+        if bad:
+            with self.db:
+                for name in bad:
+                    self.db.execute("DELETE FROM v16_config WHERE key IS ?", (name,))
 
     def get(self, name: str) -> str:
         return self.values[name]

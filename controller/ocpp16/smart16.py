@@ -49,7 +49,7 @@ def set_profile(profiles: Profiles, connector: int, p: dict[str, Any]) -> str | 
         return "ChargePointMaxProfile only on connector 0"
     try:
         q = to_v201(p)
-    except (KeyError, TypeError, ValueError) as exc:
+    except (KeyError, TypeError, ValueError, ArithmeticError) as exc:
         return f"malformed chargingProfile: {type(exc).__name__} {exc}"
     if q["id"] not in profiles.items and len(profiles.items) >= MAX_INSTALLED:
         return f"already {MAX_INSTALLED} profiles installed (MaxChargingProfilesInstalled)"
@@ -67,10 +67,11 @@ def clear_profiles(profiles: Profiles, pid: int | None, connector: int | None,
 
 
 def composite16(profiles: Profiles, connector: int, start: Any, duration: int, unit: str,
-                nameplate_w: float) -> dict[str, Any]:
-    """The ``chargingSchedule`` of GetCompositeSchedule.conf (the nameplate when no profile
-    limits the connector)."""
-    periods = profiles.composite(connector, start, duration, unit)
+                nameplate_w: float, local: tuple[Any, ...] = ()) -> dict[str, Any]:
+    """The ``chargingSchedule`` of GetCompositeSchedule.conf: the profiles capped by the
+    station's ``local`` limits (see ``StationEvents.local_limits``; the nameplate when
+    nothing limits the connector)."""
+    periods = profiles.composite(connector, start, duration, unit, local)
     if not periods:
         limit = profiles.to_unit(nameplate_w, "W", unit, connector)
         periods = [{"startPeriod": 0, "limit": round(limit, 1)}]
