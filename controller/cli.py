@@ -11,6 +11,7 @@ import argparse
 import importlib
 import sys
 from collections.abc import Sequence
+from typing import NoReturn
 
 from controller import logs
 
@@ -18,14 +19,34 @@ from controller import logs
 _ROOMS: tuple[str, ...] = (
     "controller.cli_station",
     "controller.doctor",
+    "controller.status_cli",
     "sim.cli",
     "ocpp_server.cli",
 )
 
 
+_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+
+class _Parser(argparse.ArgumentParser):
+    """An operator's mistake is one line naming the option and the command, exit code 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _log_level(value: str) -> str:
+    level = value.upper()
+    if level not in _LEVELS:
+        raise argparse.ArgumentTypeError(
+            f"unknown level {value!r} (use one of {', '.join(_LEVELS)})")
+    return level
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="mwc", description="mwcharge station controller")
-    parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING, ERROR")
+    parser = _Parser(prog="mwc", description="mwcharge station controller")
+    parser.add_argument("--log-level", default="INFO", type=_log_level,
+                        help="DEBUG, INFO, WARNING, ERROR")
     parser.add_argument(
         "--log-format", default="auto", choices=["auto", "json", "console"],
         help="log line format (auto: console on a terminal, JSON otherwise)",

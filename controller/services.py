@@ -22,6 +22,10 @@ if TYPE_CHECKING:
     from controller.metrics import MetricsExporter
     from controller.mqtt import MqttConnection
 
+#: How long the OCPP client gets to close its connection cleanly (close frame, the running
+#: call answered) when the services stop, before its task is cancelled.
+OCPP_STOP_S = 5.0
+
 
 def mqtt_services(
     station: Station, cfg: StationConfig,
@@ -136,6 +140,9 @@ async def run_services(station: Station, cfg: StationConfig, stop: asyncio.Event
     logs.bind_context(station=cfg.station.id)
     log = logs.get_logger("controller.services", station=cfg.station.id)
     exporter = await start_metrics(station, cfg)
+    from controller.webview import start_webview
+
+    view = await start_webview(station, cfg.webview)  # lives across restarts, as metrics
     try:
         while True:
             reset = asyncio.Event()
@@ -145,6 +152,8 @@ async def run_services(station: Station, cfg: StationConfig, stop: asyncio.Event
             log.warning("OCPP Reset: restarting the station and its services")
             await station.restart()
     finally:
+        if view is not None:
+            await view.close()
         if exporter is not None:
             await exporter.close()
 
@@ -175,7 +184,11 @@ async def _run_once(station: Station, cfg: StationConfig, stop: asyncio.Event,
         if exporter is not None:  # before the database closes under a scrape
             exporter.collector.ocpp = exporter.collector.mqtt = None
         if ocpp is not None:
-            ocpp.stop()
+            online = ocpp.online
+            ocpp.stop()  # its loop ends the connection with a close frame: give it a moment
+            ocpp_task = [t for (name, _), t in zip(extra, tasks, strict=True) if name == "ocpp"]
+            if online:
+                await asyncio.wait(ocpp_task, timeout=OCPP_STOP_S)
         for t in tasks:
             t.cancel()
         for t in tasks:

@@ -13,12 +13,14 @@ import hmac
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import structlog
-from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query
+from fastapi import APIRouter, Depends, FastAPI, HTTPException, Path, Query
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
 
 from ocpp_server import commands
-from ocpp_server.passwords import MAX_LENGTH, MIN_LENGTH, hash_password
+from ocpp_server.api_limits import strict_json_body
+from ocpp_server.limits import is_timestamp
+from ocpp_server.passwords import MAX_LENGTH, MIN_LENGTH, hash_password, rotated
 from ocpp_server.repository import AlreadyExists, StationRecord, TokenRecord, TxFilter
 
 if TYPE_CHECKING:
@@ -34,6 +36,12 @@ class StationIn(BaseModel):
     password: str | None = Field(None, min_length=MIN_LENGTH, max_length=MAX_LENGTH)
     security_profile: int = Field(1, ge=0, le=3)
     approved: bool = True
+    rated_power_w: float | None = Field(
+        None, gt=0, le=1e8, description="for meter-value plausibility; none: the default")
+
+
+class RatingIn(BaseModel):
+    rated_power_w: float | None = Field(gt=0, le=1e8, description="W; null: the default")
 
 
 class PasswordIn(BaseModel):
@@ -47,7 +55,14 @@ class TokenIn(BaseModel):
     status: Literal["Accepted", "Blocked", "Expired", "Invalid", "NoCredit",
                     "NotAllowedTypeEVSE", "NotAtThisLocation", "NotAtThisTime"] = "Accepted"
     expiry: str | None = Field(None, description="ISO 8601; after it the token is Expired")
-    group_id: str | None = None
+    group_id: str | None = Field(None, min_length=1, max_length=36)
+
+    @field_validator("expiry")
+    @classmethod
+    def _expiry_is_a_date(cls, value: str | None) -> str | None:
+        if value is not None and not is_timestamp(value):
+            raise ValueError("expiry must be an ISO 8601 date-time")
+        return value
 
 
 def create_app(server: CsmsServer) -> FastAPI:
@@ -67,7 +82,8 @@ def create_app(server: CsmsServer) -> FastAPI:
 
     app = FastAPI(title="mwcharge CSMS", version="1",
                   description="Operator API of the mwcharge OCPP backend")
-    api = APIRouter(prefix="/api/v1", dependencies=[Depends(require_token)])
+    api = APIRouter(prefix="/api/v1",  # token first: a stranger learns nothing from a 422
+                    dependencies=[Depends(require_token), Depends(strict_json_body)])
 
     @app.get("/healthz", tags=["meta"])
     async def healthz() -> dict[str, Any]:
@@ -102,13 +118,15 @@ def create_app(server: CsmsServer) -> FastAPI:
         pw_hash = None if body.password is None else await asyncio.to_thread(
             hash_password, body.password)
         record = StationRecord(id=body.id, security_profile=body.security_profile,
-                               approved=body.approved, password_hash=pw_hash)
+                               approved=body.approved, password_hash=pw_hash,
+                               rated_power_w=body.rated_power_w)
         try:
             await repo.add_station(record)
         except AlreadyExists as exc:
             raise HTTPException(409, str(exc)) from exc
         log.info("station_added", station_id=body.id, security_profile=body.security_profile)
-        return record.public()
+        stored = await repo.get_station(body.id)  # with created_at, as the database has it
+        return (stored or record).public()
 
     @api.get("/stations/{station_id}", tags=["stations"])
     async def station_detail(station_id: str) -> dict[str, Any]:
@@ -133,7 +151,7 @@ def create_app(server: CsmsServer) -> FastAPI:
 
     @api.put("/stations/{station_id}/password", tags=["stations"])
     async def set_password(station_id: str, body: PasswordIn) -> dict[str, Any]:
-        await _station_or_404(station_id)
+        st = await _station_or_404(station_id)
         session = server.session(station_id)
         pushed = False
         if body.push and session is not None:
@@ -142,10 +160,21 @@ def create_app(server: CsmsServer) -> FastAPI:
             if not ok:
                 raise HTTPException(409, "the station rejected the new password; kept the old")
             pushed = True
-        await repo.set_station_password(station_id,
-                                        await asyncio.to_thread(hash_password, body.password))
+        new_hash = await asyncio.to_thread(hash_password, body.password)
+        # Pushed: the old password stays valid until the station logs in with the new one
+        # (auth.py retires it then), so a station that said Accepted but kept its old
+        # credentials is not locked out. Not pushed: the operator's word replaces it.
+        await repo.set_station_password(
+            station_id, rotated(new_hash, st.password_hash) if pushed else new_hash)
         log.info("station_password_set", station_id=station_id, pushed=pushed)
         return {"id": station_id, "pushed_to_station": pushed}
+
+    @api.put("/stations/{station_id}/rating", tags=["stations"])
+    async def set_rating(station_id: str, body: RatingIn) -> dict[str, Any]:
+        """Rated power for meter-value plausibility (plausibility.py)."""
+        await _station_or_404(station_id)
+        await repo.set_station_rating(station_id, body.rated_power_w)
+        return {"id": station_id, "rated_power_w": body.rated_power_w}
 
     @api.get("/stations/{station_id}/security-events", tags=["stations"])
     async def security_events(station_id: str) -> list[dict[str, Any]]:
@@ -153,10 +182,13 @@ def create_app(server: CsmsServer) -> FastAPI:
         return await repo.list_security_events(station_id)
 
     @api.get("/stations/{station_id}/messages", tags=["stations"])
-    async def messages(station_id: str, action: str | None = None) -> list[dict[str, Any]]:
+    async def messages(station_id: str, action: str | None = None,
+                       limit: Annotated[int, Query(ge=1, le=1000)] = 1000,
+                       offset: Annotated[int, Query(ge=0, le=2**62)] = 0,
+                       ) -> list[dict[str, Any]]:
         """Requests kept verbatim: NotifyReport, DataTransfer, FirmwareStatusNotification..."""
         await _station_or_404(station_id)
-        return await repo.list_messages(station_id, action)
+        return await repo.list_messages(station_id, action, limit, offset)
 
     @api.get("/stations/{station_id}/charging-profiles", tags=["stations"])
     async def charging_profiles(station_id: str) -> list[dict[str, Any]]:
@@ -194,13 +226,13 @@ def create_app(server: CsmsServer) -> FastAPI:
         since: Annotated[str | None, Query(description="started at or after (ISO 8601)")] = None,
         until: Annotated[str | None, Query(description="started before (ISO 8601)")] = None,
         limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-        offset: Annotated[int, Query(ge=0)] = 0,
+        offset: Annotated[int, Query(ge=0, le=2**62)] = 0,
     ) -> list[dict[str, Any]]:
         return await repo.list_transactions(TxFilter(station_id, id_token, active, since, until,
                                                      limit, offset))
 
     @api.get("/transactions/{tx_id}", tags=["transactions"])
-    async def transaction_detail(tx_id: int) -> dict[str, Any]:
+    async def transaction_detail(tx_id: Annotated[int, Path(ge=1, le=2**62)]) -> dict[str, Any]:
         tx = await repo.get_transaction(tx_id)
         if tx is None:
             raise HTTPException(404, f"unknown transaction {tx_id}")

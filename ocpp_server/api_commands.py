@@ -16,6 +16,7 @@ from ocpp.exceptions import OCPPError
 from pydantic import BaseModel, Field
 
 from ocpp_server import commands
+from ocpp_server.limits import InvalidInput
 from ocpp_server.session import Session, StationCallError, StationGone
 
 if TYPE_CHECKING:
@@ -83,6 +84,12 @@ class TriggerIn(BaseModel):
     connector_id: int | None = None
 
 
+class AvailabilityIn(BaseModel):
+    operative: bool = Field(description="true: Operative, false: Inoperative")
+    evse_id: int | None = Field(None, ge=0, description="none or 0: the whole station")
+    connector_id: int | None = Field(None, ge=1)
+
+
 class UnlockIn(BaseModel):
     evse_id: int
     connector_id: int = 1
@@ -101,6 +108,10 @@ async def station_call(awaitable: Awaitable[T]) -> T:
                                   "details": exc.details}) from exc
     except OCPPError as exc:  # our request failed schema validation: nothing was sent
         raise HTTPException(422, f"{exc.code}: {exc.description} {exc.details}") from exc
+    except InvalidInput as exc:  # a value no station may get (limits.py): nothing was sent
+        raise HTTPException(422, str(exc)) from exc
+    except commands.NotApplicable as exc:  # not expressible in the station's version
+        raise HTTPException(422, str(exc)) from exc
 
 
 def command_router(server: CsmsServer) -> APIRouter:
@@ -186,6 +197,14 @@ def command_router(server: CsmsServer) -> APIRouter:
         s = online(station_id)
         return await station_call(commands.trigger_message(
             s, body.requested_message, body.evse_id, body.connector_id, timeout))
+
+    @r.post("/availability")
+    async def change_availability(station_id: str, body: AvailabilityIn,
+                                  timeout: Timeout = None) -> dict[str, Any]:
+        """ChangeAvailability (2.0.1 G03/G04, 1.6 Core) for the station, an EVSE or a connector."""
+        s = online(station_id)
+        return await station_call(commands.change_availability(
+            s, body.operative, body.evse_id, body.connector_id, timeout))
 
     @r.post("/unlock")
     async def unlock(station_id: str, body: UnlockIn, timeout: Timeout = None) -> dict[str, Any]:

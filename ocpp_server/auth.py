@@ -7,6 +7,8 @@ Unknown station, missing or wrong credentials: HTTP 401. Path not ``/ocpp/<id>``
 supported subprotocol offered: 400 (before authentication reveals anything else, the path and
 subprotocol are checked; the password is compared last and only in a worker thread, because
 scrypt takes tens of milliseconds that would otherwise stall every other station).
+After a pushed password change the earlier password is accepted too, until the station logs
+in with the new one (``passwords.rotated``; docs/csms.md "Password rotation").
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ import structlog
 from websockets.asyncio.server import ServerConnection
 from websockets.http11 import Request, Response
 
-from ocpp_server.passwords import hash_password, verify_password
+from ocpp_server.passwords import current_hash, hash_password, match_password
 from ocpp_server.repository import AlreadyExists, StationRecord
 from ocpp_server.session import Backend
 
@@ -51,11 +53,17 @@ def _basic_credentials(request: Request) -> tuple[str, str] | None:
     header = request.headers.get("Authorization")
     if not header or not header.lower().startswith("basic "):
         return None
-    try:
-        user, _, password = base64.b64decode(header[6:].strip()).decode().partition(":")
-    except (binascii.Error, UnicodeDecodeError):
-        return None
+    try:  # a non-ASCII header is a ValueError (not binascii.Error) from b64decode
+        user, _, password = base64.b64decode(header[6:].strip(),
+                                             validate=True).decode().partition(":")
+    except (binascii.Error, ValueError):
+        raise MalformedCredentials("Authorization header is not valid Basic credentials "
+                                   "(base64 of UTF-8 'id:password')") from None
     return user, password
+
+
+class MalformedCredentials(ValueError):
+    """The Authorization header is present but not decodable Basic credentials."""
 
 
 def _client_cn(connection: ServerConnection) -> str | None:
@@ -77,26 +85,39 @@ class Authenticator:
         self.tls = tls
         # Passwords verified since start, as keyed HMACs: a reconnect storm costs no scrypt.
         self._key = os.urandom(32)
-        self._verified: dict[str, tuple[str, bytes]] = {}
+        self._verified: dict[str, tuple[str, bytes, int]] = {}
 
-    def _deny(self, connection: ServerConnection, station_id: str, reason: str) -> Response:
+    def _deny(self, connection: ServerConnection, station_id: str, reason: str,
+              body: str = "Unauthorized\n") -> Response:
         log.warning("station_refused", station_id=station_id, reason=reason,
                     remote=str(connection.remote_address))
-        response = connection.respond(HTTPStatus.UNAUTHORIZED, "Unauthorized\n")
+        response = connection.respond(HTTPStatus.UNAUTHORIZED, body)
         response.headers["WWW-Authenticate"] = 'Basic realm="mwcharge", charset="UTF-8"'
         return response
 
-    async def _password_ok(self, station: StationRecord, password: str) -> bool:
+    async def _password_index(self, station: StationRecord, password: str) -> int | None:
+        """Which of the station's hashes ``password`` matches (0 = current), or None."""
         if station.password_hash is None:
-            return False
+            return None
         mac = hmac.new(self._key, password.encode(), hashlib.sha256).digest()
         cached = self._verified.get(station.id)
-        if cached is not None and cached[0] == station.password_hash:
-            return hmac.compare_digest(cached[1], mac)
-        ok = await asyncio.to_thread(verify_password, password, station.password_hash)
-        if ok:
-            self._verified[station.id] = (station.password_hash, mac)
-        return ok
+        if cached is not None and cached[0] == station.password_hash \
+                and hmac.compare_digest(cached[1], mac):
+            return cached[2]
+        index = await asyncio.to_thread(match_password, password, station.password_hash)
+        if index is not None:
+            self._verified[station.id] = (station.password_hash, mac, index)
+        return index
+
+    async def _retire_old_passwords(self, station: StationRecord) -> None:
+        """The station logged in with its new password: earlier ones stop working (A09)."""
+        assert station.password_hash is not None
+        now = await self.backend.repo.get_station(station.id)
+        if now is None or now.password_hash != station.password_hash:
+            return  # changed meanwhile (another push): keep what the operator set last
+        await self.backend.repo.set_station_password(station.id,
+                                                     current_hash(station.password_hash))
+        log.info("station_password_rotated", station_id=station.id)
 
     async def __call__(self, connection: ServerConnection, request: Request) -> Response | None:
         match = _PATH.fullmatch(request.path.split("?", 1)[0])
@@ -111,7 +132,10 @@ class Authenticator:
             return connection.respond(
                 HTTPStatus.BAD_REQUEST,
                 f"offer one of the subprotocols {', '.join(SUBPROTOCOLS)}\n")
-        creds = _basic_credentials(request)
+        try:
+            creds = _basic_credentials(request)
+        except MalformedCredentials as exc:
+            return self._deny(connection, station_id, str(exc), body=f"{exc}\n")
         cn = _client_cn(connection) if self.tls else None
         station = await self.backend.repo.get_station(station_id)
         if station is None:
@@ -139,8 +163,13 @@ class Authenticator:
             return "no Basic credentials"
         if creds[0] != station.id:
             return "Basic username is not the station id"
-        if not await self._password_ok(station, creds[1]):
+        index = await self._password_index(station, creds[1])
+        if index is None:
             return "wrong password"
+        if index > 0:  # accepted a new password but still presents the old: keep both
+            log.info("station_old_password_used", station_id=station.id)
+        elif station.password_hash is not None and "," in station.password_hash:
+            await self._retire_old_passwords(station)
         return None
 
     async def _register(self, station_id: str, creds: tuple[str, str] | None,

@@ -14,6 +14,7 @@ import getpass
 import json
 import os
 import signal
+import sqlite3
 import sys
 from pathlib import Path
 from typing import Any
@@ -37,7 +38,11 @@ async def _serve(cfg: CsmsConfig, ready_file: str | None) -> None:
     from ocpp_server.app import CsmsServer
 
     server = CsmsServer(cfg)
-    await server.start()
+    try:
+        await server.start()
+    except BaseException:
+        await server.stop()  # release what was opened (storage thread, first listener)
+        raise
     # Everything imported and built so far lives as long as the process: keep it out of the
     # cyclic GC, whose full passes otherwise stall every station for ~100 ms.
     gc.collect()
@@ -57,12 +62,25 @@ async def _serve(cfg: CsmsConfig, ready_file: str | None) -> None:
         await server.stop()
 
 
+def _check_tls_files(cfg: CsmsConfig, where: str) -> None:
+    """A TLS listener needs its files: name a missing one before anything is created."""
+    if cfg.ocpp.tls_port < 0:
+        return
+    for key in ("certfile", "keyfile", "client_ca"):
+        path = getattr(cfg.ocpp, key)
+        if path and not os.access(path, os.R_OK):
+            why = "cannot be read" if Path(path).exists() else "does not exist"
+            raise ConfigError(f"{where}: ocpp.{key}: {path} {why} (make it with deploy/pki, "
+                              "or set [ocpp] tls_port = -1 for plain ws:// only)")
+
+
 def _cmd_serve(args: argparse.Namespace) -> int:
     cfg = _config(args)
     if args.ocpp_port is not None:
         cfg.ocpp.port = args.ocpp_port
     if args.api_port is not None:
         cfg.api.port = args.api_port
+    _check_tls_files(cfg, args.config or os.environ.get("MWC_CSMS_CONFIG") or "defaults")
     asyncio.run(_serve(cfg, args.ready_file))
     return 0
 
@@ -98,12 +116,16 @@ def _cmd_station_add(args: argparse.Namespace) -> int:
         return 2
     record = StationRecord(id=args.station_id, security_profile=args.profile,
                            approved=not args.pending, password_hash=pw_hash)
+    async def add(repo: Any) -> StationRecord:
+        await repo.add_station(record)
+        return await repo.get_station(record.id) or record  # with created_at
+
     try:
-        asyncio.run(_with_repo(_config(args), lambda r: r.add_station(record)))
+        stored = asyncio.run(_with_repo(_config(args), add))
     except AlreadyExists as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    print(json.dumps(record.public()))
+    print(json.dumps(stored.public()))
     return 0
 
 
@@ -122,6 +144,41 @@ def _cmd_station_list(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_station_show(args: argparse.Namespace) -> int:
+    """Like REST ``GET /stations/{id}`` without the live part (the CLI does not serve)."""
+    st = asyncio.run(_with_repo(_config(args), lambda r: r.get_station(args.station_id)))
+    if st is None:
+        print(f"error: unknown station {args.station_id!r}", file=sys.stderr)
+        return 1
+    print(json.dumps(st.public()))
+    return 0
+
+
+def _cmd_station_password(args: argparse.Namespace) -> int:
+    """Replace the stored password at once (REST ``PUT .../password`` with ``push=false``).
+
+    Nothing is sent to the station: use the REST API to push a new password to a connected
+    station (the old one then stays valid until the station logs in with the new one).
+    """
+    password = _read_password(args)
+    if password is None:
+        print("error: give the password with --password-env, --password-stdin or "
+              "--ask-password", file=sys.stderr)
+        return 2
+    try:
+        pw_hash = hash_password(password)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    ok = asyncio.run(_with_repo(_config(args),
+                                lambda r: r.set_station_password(args.station_id, pw_hash)))
+    if not ok:
+        print(f"error: unknown station {args.station_id!r}", file=sys.stderr)
+        return 1
+    print(json.dumps({"id": args.station_id, "pushed_to_station": False}))
+    return 0
+
+
 def _cmd_token_add(args: argparse.Namespace) -> int:
     token = TokenRecord(args.id_token, args.type, args.status, args.expiry, args.group)
     asyncio.run(_with_repo(_config(args), lambda r: r.upsert_token(token)))
@@ -129,12 +186,28 @@ def _cmd_token_add(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_token_block(args: argparse.Namespace) -> int:
+def _set_token_status(args: argparse.Namespace, status: str) -> int:
     ok = asyncio.run(_with_repo(_config(args),
-                                lambda r: r.set_token_status(args.id_token, "Blocked")))
+                                lambda r: r.set_token_status(args.id_token, status)))
     if not ok:
         print(f"error: unknown token {args.id_token!r}", file=sys.stderr)
         return 1
+    print(json.dumps({"id_token": args.id_token, "status": status}))
+    return 0
+
+
+def _cmd_token_block(args: argparse.Namespace) -> int:
+    return _set_token_status(args, "Blocked")
+
+
+def _cmd_token_unblock(args: argparse.Namespace) -> int:
+    """Same as REST ``POST /tokens/{id}/unblock``: the token is Accepted again."""
+    return _set_token_status(args, "Accepted")
+
+
+def _cmd_token_list(args: argparse.Namespace) -> int:
+    for token in asyncio.run(_with_repo(_config(args), lambda r: r.list_tokens())):
+        print(json.dumps(token.__dict__))
     return 0
 
 
@@ -164,6 +237,19 @@ def _cmd_call(args: argparse.Namespace) -> int:
     return 0 if resp.is_success else 1
 
 
+def _describe(exc: BaseException, args: argparse.Namespace) -> str:
+    """One line for an OS or database error; the listeners and paths name themselves."""
+    if isinstance(exc, OSError):
+        if exc.filename:
+            return f"{exc.filename}: {exc.strerror}"
+        return exc.strerror or str(exc)
+    try:
+        db = _config(args).storage.path
+    except ConfigError:
+        db = "?"
+    return f"[storage] path {db}: {exc}"
+
+
 def _guard(fn: Any) -> Any:
     """Configuration problems end the command with a one-line error, not a traceback."""
 
@@ -172,6 +258,9 @@ def _guard(fn: Any) -> Any:
             return int(fn(args) or 0)
         except ConfigError as exc:
             print(f"error: {exc}", file=sys.stderr)
+            return 2
+        except (OSError, sqlite3.Error) as exc:  # port in use, database not writable, ...
+            print(f"error: {_describe(exc, args)}", file=sys.stderr)
             return 2
 
     return wrapped
@@ -204,11 +293,22 @@ def register(sub: Any) -> None:
                      help="security profile (0 = no authentication, labs only)")
     add.add_argument("--pending", action="store_true",
                      help="not approved yet: BootNotification answers Pending")
-    pw = add.add_mutually_exclusive_group()
-    pw.add_argument("--password-env", metavar="VAR", help="read the password from $VAR")
-    pw.add_argument("--password-stdin", action="store_true", help="read it from stdin")
-    pw.add_argument("--ask-password", action="store_true", help="prompt for it")
+    def password_options(p: argparse.ArgumentParser) -> None:
+        pw = p.add_mutually_exclusive_group()
+        pw.add_argument("--password-env", metavar="VAR", help="read the password from $VAR")
+        pw.add_argument("--password-stdin", action="store_true", help="read it from stdin")
+        pw.add_argument("--ask-password", action="store_true", help="prompt for it")
+
+    password_options(add)
     add.set_defaults(handler=_guard(_cmd_station_add))
+    show = st.add_parser("show", parents=[common], help="one station's record")
+    show.add_argument("station_id")
+    show.set_defaults(handler=_guard(_cmd_station_show))
+    spw = st.add_parser("password", parents=[common],
+                        help="replace a station's password in the database (no push)")
+    spw.add_argument("station_id")
+    password_options(spw)
+    spw.set_defaults(handler=_guard(_cmd_station_password))
     approve = st.add_parser("approve", parents=[common], help="approve a Pending station")
     approve.add_argument("station_id")
     approve.set_defaults(handler=_guard(_cmd_station_approve))
@@ -228,6 +328,11 @@ def register(sub: Any) -> None:
     block = tk.add_parser("block", parents=[common], help="block a token")
     block.add_argument("id_token")
     block.set_defaults(handler=_guard(_cmd_token_block))
+    unblock = tk.add_parser("unblock", parents=[common], help="accept a blocked token again")
+    unblock.add_argument("id_token")
+    unblock.set_defaults(handler=_guard(_cmd_token_unblock))
+    tlist = tk.add_parser("list", parents=[common], help="list tokens (one JSON per line)")
+    tlist.set_defaults(handler=_guard(_cmd_token_list))
 
     call = cs.add_parser("call", parents=[common],
                          help="send an OCPP command to a connected station")
@@ -250,6 +355,10 @@ def run(argv: list[str] | None = None) -> int:
     register(parser.add_subparsers(dest="command", metavar="COMMAND"))
     args = parser.parse_args(["csms", *(argv if argv is not None else sys.argv[1:])])
     level = os.environ.get("MWC_CSMS_LOG_LEVEL", "INFO").upper()
+    if level not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
+        print(f"error: MWC_CSMS_LOG_LEVEL={level!r} is not a level (use DEBUG, INFO, WARNING, "
+              "ERROR or CRITICAL)", file=sys.stderr)
+        return 2
     logging.basicConfig(level=level, format="%(message)s", stream=sys.stderr)
     for noisy in ("websockets", "ocpp", "asyncio"):
         logging.getLogger(noisy).setLevel(logging.WARNING)

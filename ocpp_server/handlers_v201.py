@@ -66,6 +66,12 @@ class StationV201(Session, ChargePoint):  # type: ignore[misc]
         if not new:
             self.log.info("duplicate_transaction_event",
                           transaction_id=p["transactionInfo"]["transactionId"], seq_no=p["seqNo"])
+        remote_start_id = p["transactionInfo"].get("remoteStartId")
+        if "idToken" not in p and remote_start_id is not None:
+            # Started without a token (F01/F02): the transaction is the requested token's.
+            # Also on a repeat: idempotent, and closes the gap of a crash between the two.
+            await self.repo.adopt_remote_start_token(
+                self.id, p["transactionInfo"]["transactionId"], remote_start_id)
         info = await self._id_token_info(p["idToken"]) if "idToken" in p else None
         return call_result.TransactionEvent(id_token_info=info)
 

@@ -47,3 +47,31 @@ def verify_password(password: str, stored: str) -> bool:
     except (ValueError, TypeError):
         return False
     return hmac.compare_digest(got, expected)
+
+
+# Password rotation (A09). A stored credential may hold several hashes separated by ",":
+# the first is the current password, the others are earlier ones the station may still
+# present because it accepted a new password (SetVariables / ChangeConfiguration Accepted)
+# but has not yet reconnected with it. They are retired the first time the station logs in
+# with the current one, so a station that answers Accepted and keeps its old credentials
+# is never locked out. ("," never occurs in a hash: base64 and decimal digits only.)
+MAX_PENDING = 3
+
+
+def rotated(new_hash: str, stored: str | None) -> str:
+    """The stored credential after pushing ``new_hash``: new first, earlier ones kept."""
+    earlier = [h for h in (stored or "").split(",") if h and h != new_hash]
+    return ",".join([new_hash, *earlier[:MAX_PENDING - 1]])
+
+
+def current_hash(stored: str) -> str:
+    """The hash of the current password in a stored credential."""
+    return stored.split(",", 1)[0]
+
+
+def match_password(password: str, stored: str) -> int | None:
+    """Index of the hash ``password`` matches (0 = current, >0 = not yet retired), or None."""
+    for index, one in enumerate(stored.split(",")):
+        if verify_password(password, one):
+            return index
+    return None

@@ -52,6 +52,10 @@ def register(sub: Any) -> None:
     p.add_argument("--port", type=int, default=15020, help="base port (0: any free ports)")
     p.add_argument("--gateway-port", type=int, default=None,
                    help="also serve every device on this port by unit id")
+    p.add_argument("--layout", choices=("port_per_device", "power_unit"),
+                   default="port_per_device",
+                   help="power_unit: one power-unit device on PORT in front of every module "
+                   "and the matrix, meters on PORT+1, control on PORT+2 (docs/modbus-map.md)")
     p.add_argument("--speed", type=float, default=1.0, help="simulated seconds per second")
     p.add_argument("--tick-ms", type=float, default=5.0, help="physics step period")
     p.add_argument("--load-voltage", type=float, default=600.0,
@@ -151,9 +155,20 @@ async def _serve(args: argparse.Namespace) -> int:
         args.count, args.guns, ModuleParams(watchdog_ms=args.watchdog_ms),
         loads=loads, chiller_c=args.chiller,
     )
-    sim = StationSimulator(physics, host=args.host, base_port=args.port,
-                           gateway_port=args.gateway_port, speed=args.speed,
-                           tick_s=args.tick_ms / 1000.0)
+    if args.layout == "power_unit":
+        from sim.power_unit import PowerUnitSimulator
+
+        if args.gateway_port is not None:
+            print("mwc sim modules: --gateway-port does not apply to --layout power_unit",
+                  file=sys.stderr)
+            return 2
+        sim: StationSimulator = PowerUnitSimulator(
+            physics, host=args.host, base_port=args.port, speed=args.speed,
+            tick_s=args.tick_ms / 1000.0)
+    else:
+        sim = StationSimulator(physics, host=args.host, base_port=args.port,
+                               gateway_port=args.gateway_port, speed=args.speed,
+                               tick_s=args.tick_ms / 1000.0)
     if trucks is not None:
         serve_trucks(sim, trucks)
     await sim.start()
@@ -175,9 +190,15 @@ async def _serve(args: argparse.Namespace) -> int:
 
 def _run_modules(args: argparse.Namespace) -> int:
     if args.count < 1 or args.guns < 1:
-        print("--count and --guns must be at least 1", file=sys.stderr)
+        print("mwc sim modules: error: --count and --guns must be at least 1", file=sys.stderr)
         return 2
-    return asyncio.run(_serve(args))
+    try:
+        return asyncio.run(_serve(args))
+    except OSError as exc:  # a port in use: which one, and what uses the range
+        print(f"mwc sim modules: error: {exc} (--port {args.port} needs ports {args.port}.."
+              f"{args.port + args.count + (3 if args.trucks else 2)} free; is another "
+              "simulator running?)", file=sys.stderr)
+        return 2
 
 
 async def send_command(host: str, port: int, command: int, target: int, value: int) -> str:

@@ -2,9 +2,12 @@
 
 The ``ocpp`` package validates and routes; every handler here answers at once from the
 service's state (never awaiting a CALL of its own: follow-up messages go in ``@after``
-handlers or the queue). Malformed frames are answered with a CallError naming the problem
-(:class:`~controller.ocpp.common.FrameGuard`), unsupported actions with NotImplemented /
-NotSupported by the library; no input crashes the receive loop.
+handlers or the queue). The ``@after`` handlers are plain functions that start the follow-up
+as a task owned by the service (``svc.spawn``), tied to the connection: the library would
+otherwise run it as an unowned task whose exception nobody retrieves. Malformed frames are
+answered with a CallError naming the problem (:class:`~controller.ocpp.common.FrameGuard`),
+unsupported actions with NotImplemented / NotSupported by the library; no input crashes the
+receive loop.
 """
 
 from __future__ import annotations
@@ -81,9 +84,9 @@ class OcppClient(FrameGuard, _ChargePoint):  # type: ignore[misc]
         return call_result.GetBaseReport(status="Accepted" if ok else "NotSupported")
 
     @after("GetBaseReport")
-    async def after_get_base_report(self, request_id: int, report_base: str, **_: Any) -> None:
+    def after_get_base_report(self, request_id: int, report_base: str, **_: Any) -> None:
         if report_base in ("ConfigurationInventory", "FullInventory"):
-            await self.svc.send_report(request_id, report_base)
+            self.svc.spawn(self.svc.send_report(request_id, report_base), connection=True)
 
     @on("Reset")
     def on_reset(self, type: str, evse_id: int | None = None, **_: Any) -> call_result.Reset:
@@ -97,9 +100,9 @@ class OcppClient(FrameGuard, _ChargePoint):  # type: ignore[misc]
         return call_result.Reset(status="Accepted")
 
     @after("Reset")
-    async def after_reset(self, type: str, evse_id: int | None = None, **_: Any) -> None:
+    def after_reset(self, type: str, evse_id: int | None = None, **_: Any) -> None:
         if evse_id is None and (type == "Immediate" or not self.svc.reset_pending):
-            await self.svc.reset(immediate=type == "Immediate")
+            self.svc.spawn(self.svc.reset(immediate=type == "Immediate"))  # outlives us
 
     @on("ChangeAvailability")
     def on_change_availability(self, operational_status: str, evse: dict[str, Any] | None = None,
@@ -145,25 +148,33 @@ class OcppClient(FrameGuard, _ChargePoint):  # type: ignore[misc]
         return call_result.GetTransactionStatus(messages_in_queue=bool(queued),
                                                 ongoing_indicator=ongoing)
 
-    @on("TriggerMessage")
-    def on_trigger(self, requested_message: str, evse: dict[str, Any] | None = None, **_: Any
-                   ) -> call_result.TriggerMessage:
+    def _trigger_answer(self, requested_message: str, evse: dict[str, Any] | None
+                        ) -> tuple[str, dict[str, str] | None]:
+        """TriggerMessage status (and statusInfo); only ``Accepted`` has a follow-up."""
         supported = ("BootNotification", "Heartbeat", "StatusNotification", "MeterValues",
                      "TransactionEvent")
         if requested_message not in supported:
-            return call_result.TriggerMessage(status="NotImplemented")
+            return "NotImplemented", None
         if requested_message == "BootNotification" and self.svc.boot_status == "Accepted":
-            return call_result.TriggerMessage(status="Rejected", status_info=_info(
-                "UnsupportedRequest", "boot already accepted"))
-        if evse is not None and not 1 <= evse["id"] <= self.svc.guns:
-            return call_result.TriggerMessage(status="Rejected",
-                                              status_info=_info("UnknownEvse"))
-        return call_result.TriggerMessage(status="Accepted")
+            return "Rejected", _info("UnsupportedRequest", "boot already accepted")
+        if evse is not None and not (isinstance(evse.get("id"), int)
+                                     and 1 <= evse["id"] <= self.svc.guns):
+            return "Rejected", _info("UnknownEvse", f"evse {evse.get('id')!r}")
+        return "Accepted", None
+
+    @on("TriggerMessage")
+    def on_trigger(self, requested_message: str, evse: dict[str, Any] | None = None, **_: Any
+                   ) -> call_result.TriggerMessage:
+        status, info = self._trigger_answer(requested_message, evse)
+        return call_result.TriggerMessage(status=status, status_info=info)
 
     @after("TriggerMessage")
-    async def after_trigger(self, requested_message: str, evse: dict[str, Any] | None = None,
-                            **_: Any) -> None:
-        await self.svc.triggered(requested_message, None if evse is None else evse["id"] - 1)
+    def after_trigger(self, requested_message: str, evse: dict[str, Any] | None = None,
+                      **_: Any) -> None:
+        if self._trigger_answer(requested_message, evse)[0] != "Accepted":
+            return  # a refused trigger starts nothing
+        g = None if evse is None else int(evse["id"]) - 1
+        self.svc.spawn(self.svc.triggered(requested_message, g), connection=True)
 
     @on("UnlockConnector")
     def on_unlock(self, evse_id: int, connector_id: int, **_: Any
@@ -214,9 +225,10 @@ class OcppClient(FrameGuard, _ChargePoint):  # type: ignore[misc]
         return call_result.GetChargingProfiles(status="Accepted" if found else "NoProfiles")
 
     @after("GetChargingProfiles")
-    async def after_get_profiles(self, request_id: int, charging_profile: dict[str, Any],
-                                 evse_id: int | None = None, **_: Any) -> None:
-        await self.svc.report_profiles(request_id, charging_profile, evse_id)
+    def after_get_profiles(self, request_id: int, charging_profile: dict[str, Any],
+                           evse_id: int | None = None, **_: Any) -> None:
+        self.svc.spawn(self.svc.report_profiles(request_id, charging_profile, evse_id),
+                       connection=True)
 
     @on("GetCompositeSchedule")
     def on_get_composite(self, duration: int, evse_id: int,
@@ -227,10 +239,8 @@ class OcppClient(FrameGuard, _ChargePoint):  # type: ignore[misc]
                                                     status_info=_info("UnknownEVSE"))
         unit = charging_rate_unit or ("W" if evse_id == 0 else "A")
         now = self.svc.wall().replace(microsecond=0)
-        periods = self.svc.profiles.composite(evse_id, now, duration, unit)
-        if not periods:
-            limit = self.svc.profiles.to_unit(self.svc.nameplate_w(evse_id), "W", unit, evse_id)
-            periods = [{"startPeriod": 0, "limit": round(limit, 1)}]
+        periods = self.svc.profiles.composite(evse_id, now, duration, unit,
+                                              self.svc.local_limits(evse_id))
         sched = {"evseId": evse_id, "duration": duration, "scheduleStart": iso(now),
                  "chargingRateUnit": unit, "chargingSchedulePeriod": periods}
         return call_result.GetCompositeSchedule(status="Accepted", schedule=sched)

@@ -21,19 +21,43 @@ from collections.abc import Awaitable, Callable
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
+import websockets
 from ocpp.exceptions import OCPPError
 
 from controller import logs
 from controller.config import StationConfig
 from controller.ocpp import connection
 from controller.ocpp.config import OcppConfig
+from controller.ocpp.frame_check import check_frame
 from controller.ocpp.queue import MessageQueue, Queued
 from controller.ocpp.transactions import iso
+from controller.operator import clear_gun_fault
 
 #: How long an authorization waits for a connection attempt in progress (start-up, a
 #: reconnect) before the offline rules decide: a truck plugged in while the controller boots
 #: is asked about at the backend, not refused as "offline".
 CONNECT_GRACE_S = 10.0
+#: Before a Reset closes the connection: how long the queued messages (the Ended events) get
+#: to be delivered and answered. Beyond it the connection closes anyway; an unanswered
+#: message stays queued and is sent again after the restart (at-least-once).
+DRAIN_TIMEOUT_S = 5.0
+#: A BootNotification waits at most this long for its answer (or ``response_timeout_s`` when
+#: shorter) ...
+BOOT_CALL_TIMEOUT_S = 5.0
+#: ... and one that failed (timeout, CallError, lost answer) is sent again after these waits,
+#: the last repeated: a backend that answers late or not at all delays the boot by seconds,
+#: not by a heartbeat interval.
+BOOT_RETRY_S = (1.0, 2.0, 4.0, 8.0, 15.0, 30.0)
+
+
+async def _first(*events: asyncio.Event) -> None:
+    """Return when any of ``events`` is set."""
+    waits = [asyncio.ensure_future(e.wait()) for e in events]
+    try:
+        await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for w in waits:
+            w.cancel()
 
 
 class Link:
@@ -98,8 +122,13 @@ class Link:
         self._kick = asyncio.Event()
         self._stop = asyncio.Event()
         self._booted = asyncio.Event()
+        self._drop = asyncio.Event()  # end this connection now and reconnect at once
+        self._sending = False  # the queue sender waits for an answer
         self._ws: Any = None
+        #: Owned background tasks: ``_tasks`` outlive a connection (a Reset), ``_conn_tasks``
+        #: end with it (follow-ups of the backend's requests, status sends).
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._conn_tasks: set[asyncio.Task[Any]] = set()
         self._unsubscribe = None
         self.station = None
         self.db.execute("CREATE TABLE IF NOT EXISTS availability (evse INTEGER PRIMARY KEY, "
@@ -114,13 +143,29 @@ class Link:
         self._stop.set()
         self._kick.set()
 
-    def spawn(self, coro: Any) -> None:
-        task = asyncio.ensure_future(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+    def spawn(self, coro: Any, *, connection: bool = False) -> asyncio.Task[Any]:
+        """Run ``coro`` as an owned task: kept until it ends, its exception logged (never
+        "Task exception was never retrieved"). ``connection``: it belongs to the current
+        websocket and is cancelled (and awaited) when that connection ends."""
+        task: asyncio.Task[Any] = asyncio.ensure_future(coro)
+        (self._conn_tasks if connection else self._tasks).add(task)
+        task.add_done_callback(self._reap)
+        return task
+
+    def _reap(self, task: asyncio.Task[Any]) -> None:
+        """Done callback of every owned task: forget it and retrieve its outcome."""
+        self._tasks.discard(task)
+        self._conn_tasks.discard(task)
+        if task.cancelled():
+            return
+        exc = task.exception()
+        if isinstance(exc, websockets.ConnectionClosed):
+            self.log.info("background task ended with the connection", error=repr(exc)[:200])
+        elif exc is not None:
+            self.log.warning("background task failed", error=repr(exc)[:300])
 
     async def _close_link(self) -> None:
-        for t in list(self._tasks):
+        for t in [*self._tasks, *self._conn_tasks]:
             t.cancel()
         if self._ws is not None:
             with contextlib.suppress(Exception):
@@ -152,6 +197,9 @@ class Link:
                         await ws.close()
             if self._stop.is_set():
                 break
+            if self._drop.is_set():  # a Reset ended the connection: reconnect at once
+                self._drop.clear()
+                continue
             if waits is None:
                 waits = connection.backoff(*self.link_backoff())
             await self._wait(next(waits))
@@ -182,48 +230,94 @@ class Link:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._stop.wait(), seconds)
 
+    async def end_connection(self) -> None:
+        """End the current connection (close frame, after the running call) and reconnect
+        at once, without back-off (a Reset of the OCPP side only)."""
+        self._drop.set()
+
+    async def drain(self, timeout: float = DRAIN_TIMEOUT_S) -> bool:
+        """Wait until the backend has answered every queued message (True), at most
+        ``timeout`` s and only while online (False otherwise): a Reset delivers the Ended
+        events over the old connection instead of repeating them after the restart."""
+        loop = asyncio.get_running_loop()
+        end = loop.time() + timeout
+        while len(self.queue) and self.online and loop.time() < end:
+            self.notify()
+            await asyncio.sleep(0.02)
+        return not len(self.queue)
+
     async def _session(self, ws: Any) -> None:
+        """One connection and the tasks that belong to it: the reader, the boot, then the
+        heartbeat and the sender, and every follow-up task spawned for it. None outlives
+        the connection: all are cancelled and awaited before this returns."""
         cp = self.make_client(ws)
         self.cp = cp
-        reader = asyncio.ensure_future(cp.start())
-        workers: list[asyncio.Task[Any]] = []
+        self._drop.clear()
+        reader = self.spawn(cp.start(), connection=True)
+        halt = self.spawn(_first(self._stop, self._drop), connection=True)
         try:
-            boot = asyncio.ensure_future(self._boot(cp))
-            halt = asyncio.ensure_future(self._stop.wait())
+            boot = self.spawn(self._boot(cp), connection=True)
             await asyncio.wait([reader, boot, halt], return_when=asyncio.FIRST_COMPLETED)
-            halt.cancel()
             if not boot.done():
-                boot.cancel()
                 if reader.done():
                     reader.result()
                 return
             boot.result()
             self.online, self.connecting = True, False
             await self.send_statuses(cp)
-            workers = [asyncio.ensure_future(self._heartbeat(cp)),
-                       asyncio.ensure_future(self._sender(cp))]
-            stopper = asyncio.ensure_future(self._stop.wait())
-            done, _ = await asyncio.wait([reader, stopper, *workers],
+            workers = [self.spawn(self._heartbeat(cp), connection=True),
+                       self.spawn(self._sender(cp), connection=True)]
+            done, _ = await asyncio.wait([reader, halt, *workers],
                                          return_when=asyncio.FIRST_COMPLETED)
-            stopper.cancel()
             for t in done:
-                if t is not stopper:
+                if t is not halt:
                     t.result()
         finally:
-            for t in [reader, *workers]:
+            self.online = False
+            # the message in flight gets its answer before the socket closes (bounded): a
+            # clean stop or Reset repeats nothing
+            end = asyncio.get_running_loop().time() + DRAIN_TIMEOUT_S
+            while (self._sending and not reader.done()
+                   and asyncio.get_running_loop().time() < end):
+                await asyncio.sleep(0.02)
+            tasks = list(self._conn_tasks)
+            for t in tasks:
                 t.cancel()
+            if tasks:  # every outcome retrieved (``_reap``); bounded in case one hangs
+                await asyncio.wait(tasks, timeout=5.0)
 
     async def _boot(self, cp: Any) -> None:
         """BootNotification until Accepted (never dropped); Pending/Rejected wait the
-        returned interval (a triggered boot that is accepted ends the wait)."""
+        returned interval (a triggered boot that is accepted ends the wait); a boot without
+        an answer waits :data:`BOOT_CALL_TIMEOUT_S` at most and is repeated after the
+        :data:`BOOT_RETRY_S` waits."""
+        failed = 0
         while self.boot_status != "Accepted":
             interval = await self.boot_once(cp)
             if self.boot_status == "Accepted":
                 return
+            if interval > 0:
+                failed, wait = 0, float(interval)
+            else:
+                wait = BOOT_RETRY_S[min(failed, len(BOOT_RETRY_S) - 1)]
+                failed += 1
             self._booted.clear()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._booted.wait(), interval if interval > 0 else
-                                       max(1.0, self.heartbeat_interval()))
+                await asyncio.wait_for(self._booted.wait(), wait)
+
+    def boot_timeout(self) -> float:
+        """Seconds a BootNotification waits for its answer."""
+        return min(BOOT_CALL_TIMEOUT_S, self.cfg.response_timeout_s)
+
+    async def tolerant(self, action: str, call: Awaitable[Any]) -> None:
+        """Await a call of ours whose failure must not end the connection: a CallError
+        answer or no answer in time is logged and the link goes on (only a closed socket
+        ends it). Used for statuses and heartbeats, which the next event repeats anyway."""
+        try:
+            await call
+        except (OCPPError, TimeoutError) as exc:
+            self.log.warning("call failed; connection kept", action=action,
+                             error=repr(exc)[:200])
 
     async def _heartbeat(self, cp: Any) -> None:
         while True:
@@ -231,13 +325,14 @@ class Link:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._kick.wait(), self.heartbeat_interval())
                 continue  # interval changed or queue kicked: restart the wait
-            await self.heartbeat_once(cp)
+            await self.tolerant("Heartbeat", self.heartbeat_once(cp))
 
     # ------------------------------------------------------------------ the queue
     async def _sender(self, cp: Any) -> None:
         """Drain the queue in order; a failed message is retried per :meth:`retry_wait` (or
-        dropped); a row leaves the queue only through :meth:`delivered`."""
-        while True:
+        dropped); a row leaves the queue only through :meth:`delivered`. Once the connection
+        is ending (stop, Reset) no new message is sent; the one in flight gets its answer."""
+        while not (self._stop.is_set() or self._drop.is_set()):
             msg = self.queue.head()
             if msg is None:
                 await self._queued()
@@ -252,9 +347,11 @@ class Link:
             if payload is None:  # the version dropped it (and said why)
                 self.queue.done(msg.id)
                 continue
+            self._sending = True
             try:
                 r = await cp.call(payload, suppress=False)
             except (OCPPError, TimeoutError) as exc:
+                self._sending = False
                 tries = self.queue.attempt(msg.id)
                 wait = self.retry_wait(msg, tries, exc)
                 if wait is None:
@@ -264,6 +361,8 @@ class Link:
                     continue
                 await self._wait(wait)
                 continue
+            finally:
+                self._sending = False
             self.delivered(msg, r)
 
     async def _queued(self) -> None:
@@ -297,7 +396,8 @@ class Link:
 
     def change_availability(self, evse: int, operative: bool) -> str:
         """Persist the EVSE's (0: the station's) state; a gun with a running transaction
-        keeps it and goes inoperative when it ends (``Scheduled``)."""
+        keeps it and goes inoperative when it ends (``Scheduled``). Operative also
+        acknowledges a latched gun fault there (``controller.operator.clear_gun_fault``)."""
         with self.db:
             self.db.execute("INSERT OR REPLACE INTO availability VALUES (?, ?)",
                             (evse, int(operative)))
@@ -305,6 +405,9 @@ class Link:
         guns = range(self.guns) if evse == 0 else [evse - 1]
         busy = any(g in self.tx.open for g in guns)
         for g in guns:
+            if operative and self.station is not None and self.operative(g):
+                # the operator's clear from the backend (docs/control-cycle.md)
+                clear_gun_fault(self.station, g, "ocpp")
             self.apply_availability(g)
         return "Scheduled" if busy and not operative else "Accepted"
 
@@ -321,7 +424,7 @@ class Link:
             async def go() -> None:
                 with contextlib.suppress(Exception):
                     await self._status(cp, g)
-            self.spawn(go())
+            self.spawn(go(), connection=True)
 
     # ------------------------------------------------------------------ hooks (per version)
     def link_password(self) -> str | None:
@@ -368,37 +471,35 @@ class Link:
 
 
 class FrameGuard:
-    """Mixin before an ``ocpp`` ChargePoint: CallErrors for frames the library would drop,
-    and an InternalError instead of a dead receive loop when a handler fails."""
+    """Mixin before an ``ocpp`` ChargePoint: CallErrors for frames the library would drop
+    or mishandle (:func:`~controller.ocpp.frame_check.check_frame`: bad JSON, NaN, deep
+    nesting, numbers out of range, naming the field), and an InternalError instead of a
+    dead receive loop when a handler fails. A bad response (type 3/4) is dropped and logged:
+    the CALL it answers times out and is retried like any unanswered one."""
 
     svc: Any
 
     async def route_message(self, raw_msg: str) -> None:
-        try:
-            msg = json.loads(raw_msg)
-        except (ValueError, TypeError) as exc:
-            await self._error("-1", "RpcFrameworkError", f"invalid JSON: {exc}")
+        msg, bad = check_frame(raw_msg)
+        if bad is not None:
+            if bad.msg_type in (3, 4):
+                self.svc.log.warning("bad response from backend dropped", code=bad.code,
+                                     detail=bad.text[:255])
+                return
+            await self._error(bad.uid, bad.code, bad.text)
             return
-        if not isinstance(msg, list) or not msg or msg[0] not in (2, 3, 4):
-            await self._error("-1", "RpcFrameworkError",
-                              "not an OCPP-J message (expected [2|3|4, id, ...])")
-            return
-        uid = msg[1] if len(msg) > 1 and isinstance(msg[1], str) else "-1"
-        if msg[0] == 2 and (len(msg) != 4 or not isinstance(msg[1], str)
-                            or not isinstance(msg[2], str) or not isinstance(msg[3], dict)):
-            await self._error(uid, "FormatViolation",
-                              "CALL must be [2, \"<id>\", \"<Action>\", {payload}]")
-            return
+        assert msg is not None
+        uid = str(msg[1])
         try:
             await super().route_message(raw_msg)  # type: ignore[misc]
         except Exception as exc:  # never let the receive loop die on input
-            self.svc.log.exception("handling a backend message failed", error=repr(exc))
+            self.svc.log.exception("handling a backend message failed", error=repr(exc)[:300])
             if msg[0] == 2:
                 await self._error(uid, "InternalError", f"{type(exc).__name__}: {exc}")
 
     async def _error(self, uid: str, code: str, text: str) -> None:
-        self.svc.log.warning("bad frame from backend", code=code, detail=text)
-        await self._send(json.dumps([4, uid, code, text, {}]))  # type: ignore[attr-defined]
+        self.svc.log.warning("bad frame from backend", code=code, detail=text[:255])
+        await self._send(json.dumps([4, uid, code, text[:255], {}]))  # type: ignore[attr-defined]
 
 
 def standard_retry(msg: Queued, tries: int, exc: Exception, tx_actions: tuple[str, ...],

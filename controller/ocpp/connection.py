@@ -20,6 +20,9 @@ import websockets
 from controller.ocpp.config import OcppConfig
 
 SUBPROTOCOL = "ocpp2.0.1"
+#: How long closing the websocket waits for the backend's close frame (then the TCP
+#: connection is dropped): a Reset or stop is never held up longer by a silent backend.
+CLOSE_TIMEOUT_S = 3.0
 SUBPROTOCOLS = {"2.0.1": "ocpp2.0.1", "1.6": "ocpp1.6"}  # by OcppConfig.version
 
 
@@ -68,7 +71,8 @@ async def connect(cfg: OcppConfig, station_id: str, password: str | None,
         station_url(cfg, station_id), subprotocols=[websockets.Subprotocol(proto)],
         additional_headers=auth_headers(cfg.security_profile, station_id, password),
         ssl=ssl_context(cfg), ping_interval=ping_interval or None,
-        ping_timeout=ping_interval or None, open_timeout=open_timeout, max_size=2**22)
+        ping_timeout=ping_interval or None, open_timeout=open_timeout, max_size=2**22,
+        close_timeout=CLOSE_TIMEOUT_S)
     if ws.subprotocol != proto:
         await ws.close()
         raise ConnectionError(f"backend did not accept subprotocol {proto} "

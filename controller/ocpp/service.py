@@ -9,6 +9,7 @@ online.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -27,6 +28,10 @@ from controller.ocpp.smart_charging import Profiles
 from controller.ocpp.station_side import StationSide
 from controller.ocpp.transactions import Transactions, iso
 from controller.records import GunRecord
+
+#: A backend clock outside these is a broken backend, not a time to adopt.
+MIN_SANE_TIME = datetime(1970, 1, 1, tzinfo=UTC)
+MAX_SANE_TIME = datetime(9000, 1, 1, tzinfo=UTC)
 
 
 def _utc() -> datetime:
@@ -62,8 +67,9 @@ class OcppService(Link, StationSide):
         #: restarts the station and its services. None: only the OCPP connection restarts.
         self.on_reset: Callable[[], None] | None = None
         self.last: list[GunRecord | None] = [None] * self.guns
-        self.remote: dict[int, tuple[str, int, dict[str, Any] | None]] = {}
+        self.remote: dict[int, tuple[dict[str, Any], int, dict[str, Any] | None]] = {}
         self._remote_ids: dict[int, int] = {}
+        self._remote_tokens: dict[int, dict[str, Any]] = {}
         self._remote_until: dict[int, float] = {}
         self._remote_profiles: dict[int, dict[str, Any]] = {}
         self._last_grid: float | None = None
@@ -85,11 +91,15 @@ class OcppService(Link, StationSide):
             return
         try:
             theirs = datetime.fromisoformat(current_time.replace("Z", "+00:00"))
-        except ValueError:
-            self.log.warning("unreadable currentTime from the backend", value=current_time)
+            if theirs.tzinfo is None:
+                theirs = theirs.replace(tzinfo=UTC)
+            theirs = theirs.astimezone(UTC)  # year 1 at +14:00 is not a UTC time
+            if not MIN_SANE_TIME <= theirs <= MAX_SANE_TIME:
+                raise ValueError("outside 1970..9000")
+        except (ValueError, OverflowError) as exc:
+            self.log.warning("unusable currentTime from the backend: clock kept",
+                             value=str(current_time)[:64], error=str(exc)[:100])
             return
-        if theirs.tzinfo is None:
-            theirs = theirs.replace(tzinfo=UTC)
         diff = theirs - self.wall()
         if abs(diff.total_seconds()) <= float(tol):
             return
@@ -126,11 +136,11 @@ class OcppService(Link, StationSide):
     async def boot_once(self, cp: OcppClient) -> int:
         """One BootNotification; returns the interval (0 when it failed)."""
         try:
-            r = await cp.call(call.BootNotification(
+            r = await asyncio.wait_for(cp.call(call.BootNotification(
                 charging_station={"model": self.cfg.model, "vendor_name": self.cfg.vendor,
                                   "firmware_version": self.cfg.firmware_version,
                                   "serial_number": self.cfg.serial_number},
-                reason=self.boot_reason), suppress=False)
+                reason=self.boot_reason), suppress=False), self.boot_timeout())
         except (OCPPError, TimeoutError) as exc:
             self.log.warning("BootNotification failed", error=repr(exc)[:200])
             return 0
@@ -184,7 +194,7 @@ class OcppService(Link, StationSide):
 
     async def send_statuses(self, cp: OcppClient) -> None:
         for g in range(self.guns):
-            await self._status(cp, g)
+            await self.tolerant("StatusNotification", self._status(cp, g))
 
     def build_call(self, msg: Queued) -> Any:
         return getattr(call, msg.action)(**camel_to_snake_case(msg.payload))

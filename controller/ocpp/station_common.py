@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
-from controller.ocpp.smart_charging import Profiles
+from controller.limits import STATION
+from controller.ocpp.smart_charging import SOURCE, Profiles
 from controller.records import GunRecord
+from controller.session import SessionEvent
 
 #: Cycles a transaction left open by a crash waits for a meter reading of its gun before it
 #: is ended with the last persisted register instead.
@@ -45,7 +47,7 @@ class StationEvents:
     def notify(self) -> None: ...
     def put(self, action: str, payload: dict[str, Any]) -> None: ...
     def apply_availability(self, g: int) -> None: ...
-    def spawn(self, coro: Any) -> None: ...
+    def spawn(self, coro: Any, *, connection: bool = False) -> Any: ...
     def _send_status(self, g: int) -> None: ...
     def security_event(self, kind: str, info: str = "") -> None: ...
     async def wait_connected(self, timeout: float = 10.0) -> None: ...
@@ -58,8 +60,9 @@ class StationEvents:
             self._on_cycle(ev.record)
         elif ev.kind == "meter_sample":
             self._on_sample(ev.gun, ev.t, ev.record)
-        else:
+        elif isinstance(ev, SessionEvent):
             self.on_session_event(ev)
+        # other station events (module_fault, ...) are not OCPP's: telemetry reports them
             self.notify()
 
     def _on_sample(self, g: int, t: float, rec: GunRecord) -> None:
@@ -128,6 +131,41 @@ class StationEvents:
             return self.max_w
         g = self.gun_cfg[evse - 1]
         return float(min(self.max_w, g.cable_rating_a * g.max_voltage_v))
+
+    def local_limits(self, evse: int, horizon_s: float = 86_400.0
+                     ) -> tuple[tuple[float, str, datetime | None, datetime | None], ...]:
+        """The station's own limits for GetCompositeSchedule (K08: the composite is that of
+        the active profiles *and* the local limits): the EVSE's cable rating (A), the rated
+        power, and every other station limit of the LimitBook (the energy manager's grid
+        limit while it lasts, then its fallback) — what the station will actually enforce.
+        Not included: what the vehicle asks for (it is not the station's limit)."""
+        out: list[tuple[float, str, datetime | None, datetime | None]] = [
+            (self.max_w, "W", None, None)]
+        if evse > 0:
+            out.append((float(self.gun_cfg[evse - 1].cable_rating_a), "A", None, None))
+        st = self.station
+        if st is None:
+            return tuple(out)
+        now, wall = float(st.clock()), self.wall()
+
+        def others(t: float) -> list[Any]:
+            return [lim for lim in st.limits.in_force(STATION, t) if lim.source != SOURCE]
+
+        marks = [now]  # the station's limits change only when one of them expires
+        while len(marks) < 8:
+            ends = [lim.expires_at for lim in others(marks[-1]) if lim.expires_at is not None
+                    and marks[-1] < lim.expires_at <= now + horizon_s]
+            if not ends:
+                break
+            marks.append(min(ends))
+        for i, t in enumerate(marks):
+            since = None if i == 0 else wall + timedelta(seconds=t - now)
+            until = (wall + timedelta(seconds=marks[i + 1] - now)) if i + 1 < len(marks) \
+                else None
+            vals = [lim.value for lim in others(t)]
+            if vals:
+                out.append((min(vals), "W", since, until))
+        return tuple(out)
 
     # ------------------------------------------------------------------ hooks (per version)
     def on_session_event(self, ev: Any) -> None:

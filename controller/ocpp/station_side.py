@@ -44,7 +44,7 @@ class StationSide(StationEvents):
     max_w: float
     gun_cfg: Any
     last: list[GunRecord | None]
-    remote: dict[int, tuple[str, int, dict[str, Any] | None]]
+    remote: dict[int, tuple[dict[str, Any], int, dict[str, Any] | None]]
     reset_pending: bool
     boot_status: str | None
     boot_reason: str
@@ -56,8 +56,15 @@ class StationSide(StationEvents):
     _remote_ids: dict[int, int]
     _remote_profiles: dict[int, dict[str, Any]]
     _remote_until: dict[int, float]
+    #: The idToken of the backend's RequestStartTransaction per gun (F01/F02), from the
+    #: request until the transaction carries it: the transaction is the backend's, not the
+    #: truck's own token.
+    _remote_tokens: dict[int, dict[str, Any]]
 
     on_reset: Callable[[], None] | None
+    async def drain(self, timeout: float = 5.0) -> bool:
+        raise NotImplementedError
+    async def end_connection(self) -> None: ...
 
     def set_boot_reason(self, reason: str | None) -> None: ...
     def _m(self, name: str) -> list[str]:
@@ -86,6 +93,9 @@ class StationSide(StationEvents):
             elif (ev.state is GunState.FINISHING and g in self.tx.open
                   and self.tx.open[g].charging_state != "EVConnected"):
                 self.tx.update(g, "ChargingStateChanged", state="EVConnected")
+            elif ev.state is GunState.AVAILABLE and g not in self.tx.open:
+                for pending in (self._remote_ids, self._remote_tokens, self._remote_profiles):
+                    pending.pop(g, None)  # a remote start for a session that never began
             elif ev.state in (GunState.AVAILABLE, GunState.FAULTED) and g in self.tx.open:
                 reason = ev.reason if ev.state is GunState.AVAILABLE else "Other"
                 self._end(g, reason if reason in ("EVDisconnected", "Local", "Remote",
@@ -93,7 +103,10 @@ class StationSide(StationEvents):
                           else ("EVDisconnected" if ev.state is GunState.AVAILABLE else reason))
         elif kind == "authorized":
             if g in self.tx.open:
-                self.tx.update(g, "Authorized", id_token=ev.id_token)
+                rid = self._remote_ids.pop(g, None)
+                token, kind_ = self._token(g, ev.id_token)
+                self.tx.update(g, "Authorized" if rid is None else "RemoteStart",
+                               id_token=token, token_type=kind_, remote_start_id=rid)
             elif "Authorized" in start:
                 self._start(g, "RemoteStart" if g in self._remote_ids else "Authorized",
                             "EVConnected", ev.id_token)
@@ -114,10 +127,20 @@ class StationSide(StationEvents):
         if notify is not None:
             notify()
 
+    def _token(self, g: int, token: str | None) -> tuple[str | None, str]:
+        """The idToken (and its type) a transaction of gun ``g`` carries: the remote start's
+        when there is one (used once), else the station's (the truck's, type Central)."""
+        remote = self._remote_tokens.pop(g, None)
+        if remote is not None:
+            return str(remote["id_token"]), str(remote.get("type", "Central"))
+        return token, "Central"
+
     def _start(self, g: int, trigger: str, state: str, token: str | None) -> None:
         rid = self._remote_ids.pop(g, None)
+        token, kind = self._token(g, token)
         tx = self.tx.start(g, trigger if rid is None else "RemoteStart", state, self.last[g],
-                           self._m("TxStartedMeasurands"), id_token=token, remote_start_id=rid)
+                           self._m("TxStartedMeasurands"), id_token=token, remote_start_id=rid,
+                           token_type=kind)
         tx.last_sample_t = self.station.clock()  # sampling interval counts from the start
         self.profiles.tx[g + 1] = (tx.tx_id, self.wall().replace(microsecond=0))
         pending = self._remote_profiles.pop(g, None)
@@ -208,19 +231,35 @@ class StationSide(StationEvents):
             self.log.info("remote start expired (EVConnectionTimeOut)", gun=g)
             remote = None
         if remote is not None:
+            id_token = remote[0]
+            if (self.dm.flag("AuthCtrlr", "AuthorizeRemoteStart")
+                    and not await self.check_token(id_token)):
+                self.log.warning("remote start refused: idToken not authorized", gun=g)
+                return False
             self._remote_ids[g] = remote[1]
+            self._remote_tokens[g] = id_token
             if remote[2] is not None:
                 self._remote_profiles[g] = remote[2]
             return True
         if not token:
             return False
+        ok = await self.check_token({"id_token": token, "type": "Central"})
+        if not ok and g in self._remote_ids:  # a remote start came while we asked: it wins
+            return True
+        return ok
+
+    async def check_token(self, id_token: dict[str, Any]) -> bool:
+        """C01 for one idToken: the cache with LocalPreAuthorize, Authorize at the backend,
+        then the offline rules (cache, OfflineTxForUnknownIdEnabled)."""
+        token = str(id_token["id_token"])
         await self.wait_connected()
         cp = self.cp
         ask = None
         if cp is not None and self.online:
             async def ask() -> str:
-                r = await cp.call(call.Authorize(id_token={"id_token": token,
-                                                           "type": "Central"}), suppress=False)
+                r = await cp.call(call.Authorize(id_token={
+                    "id_token": token, "type": str(id_token.get("type", "Central"))}),
+                    suppress=False)
                 status = str(r.id_token_info["status"])
                 self.auth_cache.put(token, status)
                 return status
@@ -245,12 +284,12 @@ class StationSide(StationEvents):
             if g in self.tx.open and self.tx.open[g].id_token:
                 continue
             if state is GunState.PREPARING:
-                self._remote_ids[g] = remote_id
-                if profile is not None:
-                    self._remote_profiles[g] = profile
-                self.station.set_authorization(g, True)
+                if self.dm.flag("AuthCtrlr", "AuthorizeRemoteStart"):  # F01.FR.01
+                    self.spawn(self._authorize_remote(g, id_token, remote_id, profile))
+                else:
+                    self._remote_accepted(g, id_token, remote_id, profile)
             elif state is GunState.AVAILABLE:
-                self.remote[g] = (str(id_token["id_token"]), remote_id, profile)
+                self.remote[g] = (dict(id_token), remote_id, profile)
                 self._remote_until[g] = self.wall().timestamp() + self.dm.num(
                     "TxCtrlr", "EVConnectionTimeOut")
             else:
@@ -258,6 +297,24 @@ class StationSide(StationEvents):
             tx = self.tx.open.get(g)
             return "Accepted", "", tx.tx_id if tx else None
         return "Rejected", "no EVSE free for a remote start", None
+
+    def _remote_accepted(self, g: int, id_token: dict[str, Any], remote_id: int,
+                         profile: dict[str, Any] | None) -> None:
+        """A remote start for the waiting gun ``g``: authorized with the backend's token."""
+        self._remote_ids[g] = remote_id
+        self._remote_tokens[g] = dict(id_token)
+        if profile is not None:
+            self._remote_profiles[g] = profile
+        self.station.set_authorization(g, True)
+
+    async def _authorize_remote(self, g: int, id_token: dict[str, Any], remote_id: int,
+                                profile: dict[str, Any] | None) -> None:
+        """AuthorizeRemoteStart: the backend's idToken is authorized like a local one first
+        (cache, Authorize); refused, the gun is not started."""
+        if await self.check_token(id_token):
+            self._remote_accepted(g, id_token, remote_id, profile)
+        else:
+            self.log.warning("remote start refused: idToken not authorized", gun=g)
 
     async def triggered(self, what: str, g: int | None) -> None:
         cp = self.cp
@@ -289,8 +346,10 @@ class StationSide(StationEvents):
 
     async def reset(self, immediate: bool) -> None:
         """B11/B12: end the transactions (ImmediateReset), queue ResetOrReboot, persist the
-        boot reason RemoteReset, then hand the restart to ``on_reset`` (the station and its
-        services restart); without an owner only the OCPP connection restarts."""
+        boot reason RemoteReset, deliver the queue and wait for the answers (at most
+        DRAIN_TIMEOUT_S: no Ended is sent twice), then hand the restart to ``on_reset`` (the
+        station and its services restart); without an owner only the OCPP connection
+        restarts (closed with a close frame, reconnected at once)."""
         for g in list(self.tx.open):
             self.station.stop_charging(g, "ImmediateReset")
         for _ in range(100):
@@ -300,13 +359,16 @@ class StationSide(StationEvents):
         for g in list(self.tx.open):  # the station did not report the end: end it here
             self._end(g, "ImmediateReset")
         self.security_event("ResetOrReboot", "Reset " + ("Immediate" if immediate else "OnIdle"))
-        self.boot_status, self.boot_reason = None, "RemoteReset"
+        self.boot_reason = "RemoteReset"
         self.set_boot_reason("RemoteReset")
+        if not await self.drain():
+            self.log.warning("Reset: queue not delivered in time, sent again after the restart",
+                             queued=len(self.queue))
+        self.boot_status = None
         if self.on_reset is not None:
             self.on_reset()
             return
-        if self._ws is not None:
-            await self._ws.close()
+        await self.end_connection()
 
     async def send_report(self, request_id: int, base: str) -> None:
         """B07: NotifyReport in parts of ItemsPerMessage (tbc on all but the last)."""

@@ -70,6 +70,7 @@ class Tx:
     seq: int = 0
     id_token: str | None = None
     id_sent: bool = False
+    id_token_type: str = "Central"  # a remote start's idToken keeps the backend's type
     remote_start_id: int | None = None
     charging_state: str = "EVConnected"
     energy_wh: float = 0.0
@@ -104,7 +105,7 @@ class Transactions:
         info: dict[str, Any] = {"transactionId": tx.tx_id, "chargingState": tx.charging_state}
         if stopped:
             info["stoppedReason"] = stopped
-        if tx.remote_start_id is not None and event == "Started":
+        if tx.remote_start_id is not None and (event == "Started" or trigger == "RemoteStart"):
             info["remoteStartId"] = tx.remote_start_id
         payload: dict[str, Any] = {
             "eventType": event, "timestamp": iso(self.wall()), "triggerReason": trigger,
@@ -113,7 +114,7 @@ class Transactions:
         if not self.online():
             payload["offline"] = True
         if tx.id_token and not tx.id_sent:
-            payload["idToken"] = {"idToken": tx.id_token, "type": "Central"}
+            payload["idToken"] = {"idToken": tx.id_token, "type": tx.id_token_type}
             tx.id_sent = True
         if meter:
             payload["meterValue"] = meter
@@ -125,9 +126,10 @@ class Transactions:
 
     def start(self, gun: int, trigger: str, state: str, rec: GunRecord | None,
               measurands: list[str], id_token: str | None = None,
-              remote_start_id: int | None = None, tx_id: str | None = None) -> Tx:
+              remote_start_id: int | None = None, tx_id: str | None = None,
+              token_type: str = "Central") -> Tx:
         tx = Tx(gun, tx_id or str(uuid.uuid4()), id_token=id_token, charging_state=state,
-                remote_start_id=remote_start_id,
+                remote_start_id=remote_start_id, id_token_type=token_type,
                 energy_wh=rec.energy_wh if rec is not None else 0.0,
                 start_wh=rec.energy_wh if rec is not None and math.isfinite(rec.energy_wh)
                 else None)
@@ -139,15 +141,18 @@ class Transactions:
 
     def update(self, gun: int, trigger: str, *, state: str | None = None,
                rec: GunRecord | None = None, measurands: list[str] | None = None,
-               context: str = "Sample.Periodic", id_token: str | None = None
+               context: str = "Sample.Periodic", id_token: str | None = None,
+               token_type: str = "Central", remote_start_id: int | None = None
                ) -> dict[str, Any] | None:
         tx = self.open.get(gun)
         if tx is None:
             return None
         if state is not None:
             tx.charging_state = state
-        if id_token and id_token != tx.id_token:
-            tx.id_token, tx.id_sent = id_token, False
+        if remote_start_id is not None:
+            tx.remote_start_id = remote_start_id
+        if id_token and (id_token, token_type) != (tx.id_token, tx.id_token_type):
+            tx.id_token, tx.id_token_type, tx.id_sent = id_token, token_type, False
         if rec is not None and math.isfinite(rec.energy_wh):
             tx.energy_wh = rec.energy_wh
         meter = meter_value(rec, measurands or [], context, iso(self.wall())) if rec else None

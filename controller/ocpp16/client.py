@@ -61,8 +61,8 @@ class Ocpp16Client(FrameGuard, _ChargePoint):  # type: ignore[misc]
         return call_result.Reset(status="Accepted")
 
     @after("Reset")
-    async def after_reset(self, type: str, **_: Any) -> None:
-        await self.svc.reset(hard=type == "Hard")
+    def after_reset(self, type: str, **_: Any) -> None:
+        self.svc.spawn(self.svc.reset(hard=type == "Hard"))  # owned; outlives the connection
 
     @on("ChangeAvailability")
     def on_change_availability(self, connector_id: int, type: str, **_: Any
@@ -116,15 +116,19 @@ class Ocpp16Client(FrameGuard, _ChargePoint):  # type: ignore[misc]
         return call_result.TriggerMessage(status="Accepted")
 
     @after("TriggerMessage")
-    async def after_trigger(self, requested_message: str, connector_id: int | None = None,
-                            **_: Any) -> None:
+    def after_trigger(self, requested_message: str, connector_id: int | None = None,
+                      **_: Any) -> None:
         if requested_message in TRIGGERS and (connector_id is None
                                               or 0 <= connector_id <= self.svc.guns):
-            try:
-                await self.svc.triggered(requested_message, connector_id)
-            except Exception as exc:  # the backend refused what it asked for: log, go on
-                self.svc.log.warning("triggered message failed", message=requested_message,
-                                     error=repr(exc)[:200])
+            self.svc.spawn(self._triggered(requested_message, connector_id), connection=True)
+
+    async def _triggered(self, requested_message: str, connector_id: int | None) -> None:
+        """The follow-up of an accepted trigger: an owned task of this connection."""
+        try:
+            await self.svc.triggered(requested_message, connector_id)
+        except Exception as exc:  # the backend refused what it asked for: log, go on
+            self.svc.log.warning("triggered message failed", message=requested_message,
+                                 error=repr(exc)[:200])
 
     # ------------------------------------------------------------------ smart charging
     @on("SetChargingProfile")
@@ -156,7 +160,8 @@ class Ocpp16Client(FrameGuard, _ChargePoint):  # type: ignore[misc]
         unit = charging_rate_unit or ("W" if connector_id == 0 else "A")
         now = self.svc.wall().replace(microsecond=0)
         sched = smart16.composite16(self.svc.profiles, connector_id, now, duration, unit,
-                                    self.svc.nameplate_w(connector_id))
+                                    self.svc.nameplate_w(connector_id),
+                                    self.svc.local_limits(connector_id))
         return call_result.GetCompositeSchedule(status="Accepted", connector_id=connector_id,
                                                 schedule_start=iso(now),
                                                 charging_schedule=sched)

@@ -10,6 +10,7 @@ limits go through the shared :class:`~controller.ocpp.smart_charging.Profiles`.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
@@ -63,6 +64,7 @@ class Ocpp16Service(Link, StationSide16):
         self.reasons: dict[int, str | None] = {}  # of the last state change, per gun
         self.remote: dict[int, tuple[str, float, dict[str, Any] | None]] = {}
         self._remote_profiles: dict[int, dict[str, Any]] = {}
+        self._remote_won: set[int] = set()
         self._aligned_slot: float | None = None
         self.orphans = set(self.tx.open)  # left open by a crash: ended at the first reading
         self.security_event("StartupOfTheDevice", "controller started")
@@ -110,10 +112,11 @@ class Ocpp16Service(Link, StationSide16):
 
     async def boot_once(self, cp: Any) -> int:
         try:
-            r = await cp.call(call.BootNotification(
+            r = await asyncio.wait_for(cp.call(call.BootNotification(
                 charge_point_model=self.cfg.model, charge_point_vendor=self.cfg.vendor,
                 charge_point_serial_number=self.cfg.serial_number,
-                firmware_version=self.cfg.firmware_version), suppress=False)
+                firmware_version=self.cfg.firmware_version), suppress=False),
+                self.boot_timeout())
         except (OCPPError, TimeoutError) as exc:
             self.log.warning("BootNotification failed", error=repr(exc)[:200])
             return 0
@@ -130,7 +133,7 @@ class Ocpp16Service(Link, StationSide16):
 
     async def send_statuses(self, cp: Any) -> None:
         for g in range(-1, self.guns):
-            await self._status(cp, g)
+            await self.tolerant("StatusNotification", self._status(cp, g))
 
     async def _status(self, cp: Any, g: int) -> None:
         """StatusNotification of connector ``g + 1`` (g = -1: connector 0, the station)."""

@@ -56,6 +56,9 @@ class StationSide16(StationEvents):
     reasons: dict[int, str | None]
     remote: dict[int, tuple[str, float, dict[str, Any] | None]]
     _remote_profiles: dict[int, dict[str, Any]]
+    #: Guns a RemoteStartTransaction authorized while they waited: the remote idTag is the
+    #: transaction's, whatever the station's own authorization of the truck answers later.
+    _remote_won: set[int]
     _aligned_slot: float | None
     _ws: Any
     on_reset: Callable[[], None] | None
@@ -63,6 +66,9 @@ class StationSide16(StationEvents):
 
     async def boot_once(self, cp: Any) -> int:
         raise NotImplementedError
+    async def drain(self, timeout: float = 5.0) -> bool:
+        raise NotImplementedError
+    async def end_connection(self) -> None: ...
     async def _status(self, cp: Any, g: int) -> None: ...
 
     # ------------------------------------------------------------------ station events
@@ -78,9 +84,11 @@ class StationSide16(StationEvents):
                 self.stop_tx(g, ev.reason if ev.state is GunState.AVAILABLE else "Other")
             if ev.state is GunState.AVAILABLE:
                 self.tags.pop(g, None)
+                self._remote_won.discard(g)
         elif kind == "authorized" and ev.id_token:
             self.tags.setdefault(g, ev.id_token)
         elif kind == "charging_started" and g not in self.tx.open:
+            self._remote_won.discard(g)
             tag = self.tags.get(g) or ev.id_token or FREE_ID_TAG
             tx = self.tx.start(g, tag[:20], self.last[g], self.keys.members("StopTxnSampledData"))
             tx.last_sample_t = self.station.clock()  # the sample interval counts from here
@@ -129,7 +137,7 @@ class StationSide16(StationEvents):
             elif self.online and self.cp is not None and self.last[g] is not None:
                 mv = meter16(self.last[g], measurands, "Sample.Clock", iso(self.wall()))
                 if mv:
-                    self.spawn(self._send_meter(g, mv))
+                    self.spawn(self._send_meter(g, mv), connection=True)
 
     async def _send_meter(self, g: int, mv: list[dict[str, Any]]) -> None:
         cp = self.cp
@@ -147,20 +155,32 @@ class StationSide16(StationEvents):
         AllowOfflineTxForUnknownId)."""
         remote = self.remote.pop(g, None)
         if remote is not None and self.wall().timestamp() <= remote[1]:
+            if self.keys.flag("AuthorizeRemoteTxRequests") and not await self.check_tag(
+                    remote[0]):
+                self.log.warning("remote start refused: idTag not authorized", gun=g)
+                return False
             self.tags[g] = remote[0]
             if remote[2] is not None:
                 self._remote_profiles[g] = remote[2]
             return True
+        if g in self._remote_won:
+            return True
         if not token:
             return False
-        await self.wait_connected()
-        ok = await decide_authorization(
-            self.auth_cache.get(token), self.keys.flag("LocalPreAuthorize"), self._asker(token),
-            self.keys.flag("LocalAuthorizeOffline"),
-            self.keys.flag("AllowOfflineTxForUnknownId"), self.log)
+        ok = await self.check_tag(token)
+        if g in self._remote_won:  # a remote start came while we asked: its idTag wins
+            return True
         if ok:
             self.tags[g] = token[:20]
         return ok
+
+    async def check_tag(self, token: str) -> bool:
+        """Cache / Authorize / offline rules for one idTag."""
+        await self.wait_connected()
+        return await decide_authorization(
+            self.auth_cache.get(token), self.keys.flag("LocalPreAuthorize"), self._asker(token),
+            self.keys.flag("LocalAuthorizeOffline"),
+            self.keys.flag("AllowOfflineTxForUnknownId"), self.log)
 
     def _asker(self, token: str) -> Callable[[], Awaitable[str]] | None:
         """Authorize at the backend (None while offline); the answer goes to the cache."""
@@ -202,16 +222,31 @@ class StationSide16(StationEvents):
             if g in self.tx.open:
                 continue
             if state is GunState.PREPARING:
-                self.tags[g] = id_tag
-                if profile is not None:
-                    self._remote_profiles[g] = profile
-                self.station.set_authorization(g, True)
+                if self.keys.flag("AuthorizeRemoteTxRequests"):
+                    self.spawn(self._authorize_remote(g, id_tag, profile))
+                else:
+                    self._remote_accepted(g, id_tag, profile)
                 return "Accepted"
             if state is GunState.AVAILABLE:
                 until = self.wall().timestamp() + self.keys.num("ConnectionTimeOut")
                 self.remote[g] = (id_tag, until, profile)
                 return "Accepted"
         return "Rejected"
+
+    def _remote_accepted(self, g: int, id_tag: str, profile: dict[str, Any] | None) -> None:
+        self.tags[g] = id_tag
+        self._remote_won.add(g)
+        if profile is not None:
+            self._remote_profiles[g] = profile
+        self.station.set_authorization(g, True)
+
+    async def _authorize_remote(self, g: int, id_tag: str, profile: dict[str, Any] | None
+                                ) -> None:
+        """AuthorizeRemoteTxRequests: the idTag is authorized like a local one first."""
+        if await self.check_tag(id_tag):
+            self._remote_accepted(g, id_tag, profile)
+        else:
+            self.log.warning("remote start refused: idTag not authorized", gun=g)
 
     async def triggered(self, what: str, connector: int | None) -> None:
         cp = self.cp
@@ -242,9 +277,10 @@ class StationSide16(StationEvents):
             await cp.call(call.FirmwareStatusNotification(status="Idle"), suppress=False)
 
     async def reset(self, hard: bool) -> None:
-        """Reset: stop the transactions (HardReset / SoftReset), queue ResetOrReboot, then
+        """Reset: stop the transactions (HardReset / SoftReset), queue ResetOrReboot, deliver
+        the queue and wait for the answers (bounded: no StopTransaction sent twice), then
         hand the restart to ``on_reset`` (station and services restart); without an owner
-        only the OCPP connection restarts."""
+        only the OCPP connection restarts (close frame, reconnect at once)."""
         why = "HardReset" if hard else "SoftReset"
         for g in list(self.tx.open):
             self.station.stop_charging(g, why)
@@ -255,9 +291,10 @@ class StationSide16(StationEvents):
         for g in list(self.tx.open):
             self.stop_tx(g, why)
         self.security_event("ResetOrReboot", f"Reset {'Hard' if hard else 'Soft'}")
+        if not await self.drain():
+            self.log.warning("Reset: queue not delivered in time, sent again after the restart")
         self.boot_status = None
         if self.on_reset is not None:
             self.on_reset()
             return
-        if self._ws is not None:
-            await self._ws.close()
+        await self.end_connection()
