@@ -18,11 +18,13 @@ $(STAMP): $(BIN)/python pyproject.toml
 install: $(STAMP) system-deps
 
 # Debian packages the tests and the demo use; installed only where missing (CI runs as root).
-# mosquitto: the tests' own brokers; mbpoll: a standard Modbus master reading the simulators.
+# mosquitto: the tests' own brokers; mbpoll: a standard Modbus master reading the simulators;
+# chromium: the browser tests (tests/browser/, Playwright drives it: no browser download).
 system-deps:
 	@missing=""; \
 	command -v mosquitto >/dev/null 2>&1 || missing="$$missing mosquitto"; \
 	command -v mbpoll >/dev/null 2>&1 || missing="$$missing mbpoll"; \
+	test -x /usr/bin/chromium || missing="$$missing chromium"; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing$$missing (apt-get)"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \

@@ -83,7 +83,10 @@ def _assert_report(rep: dict[str, Any], out: Path, fault: bool) -> None:
         assert t["reached_target"] and t["energy_kwh"] > 0, t
     assert not rep["interrupted"]
     html = (out / "index.html").read_text()
-    assert len(rep["plots"]) == 4
+    whys = [p for p in rep["plots"] if p["file"].startswith("why_gun")]
+    assert len(whys) >= 2 and len(rep["plots"]) == 4 + len(whys)  # + a "why" plot per gun
+    for word in ("peak station power", "lowest cap", "modules moved"):
+        assert word in html
     for p in rep["plots"]:
         data = (out / p["file"]).read_bytes()
         assert data.startswith(PNG) and len(data) > 5000, p

@@ -98,6 +98,8 @@ def _match(col: Any, txs: list[dict[str, Any]]) -> list[tuple[Any, dict[str, Any
 
 def check_transactions(state: Any, col: Any) -> dict[str, Any]:
     txs = state.transactions
+    if state.interrupted:  # sessions cut short: nothing to compare yet, not a failure
+        return _verdict(None, "not run: the sessions had not ended")
     if txs is None:
         why = "; ".join(state.notes) or "backend link not connected"
         return _verdict(None, f"not run: {why}")
@@ -127,6 +129,8 @@ def check_transactions(state: Any, col: Any) -> dict[str, Any]:
 
 def check_energy(state: Any, col: Any) -> dict[str, Any]:
     txs = state.transactions
+    if state.interrupted:  # sessions cut short: nothing to compare yet, not a failure
+        return _verdict(None, "not run: the sessions had not ended")
     if txs is None:
         why = "; ".join(state.notes) or "backend link not connected"
         return _verdict(None, f"not run: {why}")
@@ -220,6 +224,9 @@ def write(state: Any, col: Any, station: Any, physics: Any, out: Path) -> dict[s
     from sim.demo import plots
 
     rep["plots"] = plots.draw(a, col, out)
+    from sim.demo.pages import listed
+
+    rep["screenshots"] = listed(out)
     (out / "report.json").write_text(json.dumps(rep, indent=2, default=str) + "\n")
     (out / "index.html").write_text(_html(rep))
     return rep
@@ -236,15 +243,22 @@ def _html(rep: dict[str, Any]) -> str:
                    for p in rep["plots"])
     events = "".join(f"<li>t+{ev['t_s']:.0f} s: {e(ev['text'])} [{e(ev['status'])}]</li>"
                      for ev in rep["events"])
+    sm = rep["summary"]
+    figures = (f"<p>peak station power <b>{sm['peak_station_kw']:g} kW</b> (cap then "
+               f"{sm['cap_at_peak_kw']:g} kW); lowest cap <b>{sm['min_cap_kw']:g} kW</b>; "
+               f"modules moved between guns <b>{sm['module_moves']}</b></p>")
+    shots = "".join(f"<h2>{e(name)}</h2><img src='{e(file)}' alt='{e(name)}'>"
+                    for file, name in rep.get("screenshots", []))
     return (f"<!doctype html><html><head><meta charset='utf-8'><title>mwc demo: "
             f"{e(rep['scenario'])}</title><style>body{{font-family:sans-serif;max-width:1100px;"
             "margin:auto}img{max-width:100%}td{padding:2px 8px}.pass{color:green}"
             ".fail{color:red}.not_run{color:gray}</style></head><body>"
             f"<h1>mwc demo — {e(rep['scenario'])}</h1><p>{e(rep['description'])}</p>"
             f"<p>grid signal: {e(rep['grid_signal'])}; backend: {e(rep['backend'])}</p>"
+            f"{figures}"
             f"<table><tr><th>check</th><th>verdict</th><th></th></tr>{rows}</table>"
             f"<table><tr><th>truck</th><th>kWh</th><th>charging s</th><th>SoC %</th></tr>"
-            f"{trucks}</table><ul>{events}</ul>{imgs}</body></html>\n")
+            f"{trucks}</table><ul>{events}</ul>{imgs}{shots}</body></html>\n")
 
 
 def print_summary(rep: dict[str, Any], out: Path) -> None:

@@ -62,6 +62,7 @@ class Options:
     use_ocpp: bool = True  # connect the station's OCPP client when it is available
     live: bool = True
     shorten: float = 1.0
+    layout: str = "port_per_device"  # or "power_unit" (docs/modbus-map.md)
 
 
 @dataclass
@@ -103,7 +104,7 @@ async def run(sc: Scenario, opts: Options, backend_link: Any = None) -> RunState
     from controller.limits import STATION, Limit
     from controller.station import Station
     from power.modbus_base import LinkSettings
-    from power.modbus_driver import Hardware
+    from power.power_unit import make_hardware
     from sim.demo import report
     from sim.modbus_server import StationSimulator
     from sim.modules import ModuleParams
@@ -129,7 +130,12 @@ async def run(sc: Scenario, opts: Options, backend_link: Any = None) -> RunState
     physics = StationPhysics(sc.station.modules, guns, ModuleParams(
         rated_power_w=sc.station.module_power_w, rated_current_a=sc.station.module_current_a),
         loads=loads, chiller_c=sc.station.chiller_c)
-    sim = StationSimulator(physics, realtime=False)
+    if opts.layout == "power_unit":
+        from sim.power_unit import PowerUnitSimulator
+
+        sim: StationSimulator = PowerUnitSimulator(physics, realtime=False)
+    else:
+        sim = StationSimulator(physics, realtime=False)
     broker: Broker | None = None
     backend: Backend | None = None
     tasks: list[asyncio.Task[Any]] = []
@@ -167,9 +173,13 @@ async def run(sc: Scenario, opts: Options, backend_link: Any = None) -> RunState
                                           free=not (auto_link or backend_link is not None)))
         link = LinkSettings(timeout_s=0.2, poll_budget_s=0.3, max_missed=2,
                             backoff_initial_s=0.01, backoff_max_s=0.05)
-        hw = Hardware(sim.hardware_config(link), clock)
+        hw = make_hardware(sim.hardware_config(link), clock)
+        async def advance(dt: float) -> None:  # the stop sequence's waits, on the sim clock
+            clock.t += dt
+            sim.advance(dt)
+
         station = Station(cfg, loads, hardware=hw, clock=clock,
-                          wall_clock=lambda: _iso(clock.wall()))
+                          wall_clock=lambda: _iso(clock.wall()), pause=advance)
         feed = await _grid(sc, cfg, station, clock, broker, tasks, STATION, Limit)
         if auto_link and backend is not None:
             backend_link = bl.OcppLink(backend, station, clock.wall,
@@ -177,13 +187,24 @@ async def run(sc: Scenario, opts: Options, backend_link: Any = None) -> RunState
         state.backend_mode = await _backend(backend_link, backend, station, state, live)
         collector = Collector(sc, physics)
         station.subscribe(collector.observe)
+        from sim.demo.why import LimitTrace
+
+        collector.why = LimitTrace(station)  # type: ignore[attr-defined]  # the "why" plots
+        from sim.demo import pages
+
+        view = await pages.start_view(station, live)
         station.subscribe(live.observe)
         live.note(f"starting station {sc.station.id}: {sc.station.modules} modules × "
                   f"{sc.station.module_power_w / 1000:g} kW / {sc.station.module_current_a:g} A,"
                   f" {guns} guns; scenario {sc.name!r}, dt {sc.dt_s:g} s")
-        await station.start()
+        await pages.with_progress(station.start(), live, "starting the station")
+        tasks.append(asyncio.create_task(pages.compile_progress(station, live)))
         await _loop(sc, opts, state, station, sim, clock, trucks, feed, collector, live, stop,
                     backend_link)
+        if opts.live and not stop.is_set():  # a person's run (`make demo`), not --quiet
+            await pages.screenshots(view, backend.api_url if backend else None,
+                                    Backend.API_TOKEN, opts.out, live)
+        await pages.close_view(view)
         state.interrupted = stop.is_set()
         if backend_link is not None and hasattr(backend_link, "drain"):
             live.note("waiting for the station's OCPP queue to drain into the backend")
@@ -350,7 +371,7 @@ def _apply(ev: Event, state: RunState, live: Live, collector: Collector, now: fl
             physics.inject_module_fault(m, int(a.get("code", 1)))
         else:
             physics.clear_module_fault(m)
-        text = f"{ev.label} (module {m})"
+        text = f"{ev.label} (module {m + 1}; index {m} in the scenario file)"
     elif ev.kind in ("backend_offline", "backend_online"):
         if link is None:
             status = "skipped: no OCPP station client wired"
