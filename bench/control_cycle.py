@@ -57,6 +57,10 @@ def hardware(layout: dict[str, Any], link: LinkSettings) -> HardwareConfig | Pow
         DeviceEndpoint(host, int(layout["matrix"]["port"])), meters, link)
 
 
+#: --sim-ordinary: the simulator at the ordinary priority too (not the controller's)
+SIM_ORDINARY = False
+
+
 def start_simulator(layout: str, modules: int, load_v: float, extra: list[str] | None = None
                     ) -> tuple[subprocess.Popen[str], dict[str, Any]]:
     env = {**os.environ, "NUMBA_CACHE_DIR": os.environ.get(
@@ -66,6 +70,7 @@ def start_simulator(layout: str, modules: int, load_v: float, extra: list[str] |
          str(modules), "--guns", "2", "--port", "0", "--load-voltage", f"{load_v:.3f}",
          "--watchdog-ms", "1000", *(extra or [])],
         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, cwd=ROOT, env=env,
+        preexec_fn=_ordinary if SIM_ORDINARY else None,
     )
     assert proc.stdout is not None
     line = proc.stdout.readline()
@@ -84,9 +89,17 @@ def stop_process(proc: subprocess.Popen[Any]) -> None:
         proc.wait()
 
 
+def _ordinary() -> None:
+    """In a competing process: back to SCHED_OTHER at nice 0, whatever the bench runs at."""
+    os.sched_setscheduler(0, os.SCHED_OTHER, os.sched_param(0))
+    os.nice(-os.nice(0))
+
+
 def busy_processes(n: int) -> list[subprocess.Popen[bytes]]:
-    """``n`` processes that spin on the CPU until killed (the competing load)."""
-    return [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(n)]
+    """``n`` processes that spin on the CPU until killed (the competing load), always at the
+    ordinary priority: the controller's Nice / policy is relative to them."""
+    return [subprocess.Popen([sys.executable, "-c", "while True: pass"], preexec_fn=_ordinary)
+            for _ in range(n)]
 
 
 async def run_case(layout: str, modules: int, busy: bool, seconds: float,
@@ -179,11 +192,21 @@ def main() -> int:
     ap.add_argument("--load", default="quiet,busy")
     ap.add_argument("--loop", choices=("asyncio", "uvloop"), default="asyncio")
     ap.add_argument("--nice", type=int, default=0,
-                    help="niceness increment of the controller (and the simulator it starts); "
+                    help="niceness increment of the controller (and the simulator it starts, "
+                    "which stands for hardware off this CPU; the busy processes stay at 0); "
                     "negative needs CAP_SYS_NICE: the systemd unit's Nice= (issue 17, item 4)")
+    ap.add_argument("--fifo", type=int, default=0,
+                    help="SCHED_FIFO priority of the controller and simulator (0: off); the "
+                    "unit's CPUSchedulingPolicy=fifo / CPUSchedulingPriority=")
+    ap.add_argument("--sim-ordinary", action="store_true",
+                    help="run the simulator at the ordinary priority, not the controller's")
     args = ap.parse_args()
+    global SIM_ORDINARY
+    SIM_ORDINARY = args.sim_ordinary
     if args.nice:
         os.nice(args.nice)
+    if args.fifo:
+        os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(args.fifo))
     logs.configure(level="WARNING", fmt="json", stream=sys.stderr)
     if args.loop == "uvloop":
         import uvloop  # type: ignore[import-not-found]
@@ -197,6 +220,8 @@ def main() -> int:
                 cases[name] = asyncio.run(run_case(layout, modules, load == "busy",
                                                    args.seconds, args.warmup))
     print(json.dumps({"seconds": args.seconds, "loop": args.loop, "nice": args.nice,
+                      "fifo": args.fifo, "sim_ordinary": args.sim_ordinary,
+                      "load_avg_1m": round(os.getloadavg()[0], 2),
                       "cases": cases,
                       "goals_met": goals(cases)}))
     return 0

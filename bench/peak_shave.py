@@ -12,7 +12,8 @@ Repeated ``--repeat`` times (default 50).
 Prints one line per repetition, the last line as JSON:
 ``{"response_ms_p50": …, "response_ms_p99": …, …}``. Goal (issue 17): p99 ≤ 150 ms at a
 100 ms cycle in the power-unit layout (``--layout``, the default); a lowered limit wakes the
-cycle at once instead of waiting for the period.
+cycle at once instead of waiting for the period, and a confirmation cycle reads the meters one
+module response time (``[modules] response_ms``) after it.
 """
 
 from __future__ import annotations
@@ -190,6 +191,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 result = await measure(args, publish, meter, station.limits)
             # context for the figures: the cycle's own health while they were taken
             result.update(cycle_overruns=station.overruns, safety_violations=station.violations,
+                          wakeups=station.wakeups, confirmations=station.confirmations,
                           telemetry=telemetry.stats())
             return result
         finally:

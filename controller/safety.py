@@ -2,10 +2,20 @@
 invariants of the allocator contract hold — on the *measured* values and on the commands
 about to be sent.
 
-Measured (``check``), against the limits the last setpoints were computed under (a measurement
-lags the commands by up to two cycles, so the larger of the last two cycles' limits counts):
+Measured (``check``), against the limits the last setpoints were computed under:
  - station power (sum of the meters) ≤ station cap;
  - each gun's current ≤ min(request, gun maximum);
+For these two a lowered limit is not judged the instant its commands went out: the modules
+need time to follow a lower setpoint. After a decrease from ``old`` to ``new`` sent at ``s``,
+a value measured at ``t`` (the start of the poll that read it) is judged against
+``new + (old - new) · max(0, 1 - (t - s) / grace_s)``: the old limit fading linearly to the new
+one over ``grace_s``, the modules' response time (``[modules] response_ms``). Several
+decreases in a row add their fading drops. The bound is principled for a module whose output
+follows a lower setpoint at least as fast as a first-order lag with time constant τ ≤
+``grace_s`` / 5: its excess ``(old - new)·e^{-x/τ}`` stays under the line except in the last
+~1 % of the grace, where it is < 0.7 % of the drop (inside ``tolerance_frac``). After the
+grace the new limit counts alone: a value above the fading envelope is a violation, and there
+is never a time with no limit at all. Increases count at once (the measured value is lower).
  - each module's current ≤ its derated maximum, its power ≤ its rating;
  - no module closed onto more than one gun;
  - no contactor changed while its module carried more than the switch threshold.
@@ -23,7 +33,9 @@ from __future__ import annotations
 
 import math
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from itertools import pairwise
 
 import numpy as np
 
@@ -44,6 +56,22 @@ class Violation:
         return f"{self.rule}: {self.message}"
 
 
+def fading_limit(steps: Sequence[tuple[float, float]], t: float, grace_s: float) -> float:
+    """The limit in force at ``t`` given ``steps`` = (sent at, limit), oldest first: the last
+    limit plus, for every decrease, its drop fading linearly to 0 over ``grace_s`` after the
+    lower limit was sent (see the module docstring). ``grace_s`` ≤ 0: no grace."""
+    if not steps:
+        return math.inf
+    out = steps[-1][1]
+    for (_t0, old), (t1, new) in pairwise(steps):
+        if not old > new or grace_s <= 0:
+            continue
+        left = min(1.0, 1.0 - (t - t1) / grace_s)
+        if left > 0:
+            out += math.inf if math.isinf(old) else (old - new) * left
+    return out
+
+
 @dataclass
 class SafetyMonitor:
     """Stateful only for what a check across cycles needs (previous limits, matrix, counts)."""
@@ -52,9 +80,12 @@ class SafetyMonitor:
     tolerance_a: float = 2.0
     tolerance_frac: float = 0.03
     fault_cycles: int = 3
+    #: the modules' response time to a lower setpoint: the grace of a lowered limit
+    grace_s: float = 0.06
     total: int = 0
     by_rule: Counter[str] = field(default_factory=Counter)
-    _mem: list[CycleMemory] = field(default_factory=list)
+    #: (when its commands were sent, memory), oldest first; kept while a decrease fades
+    _mem: list[tuple[float, CycleMemory]] = field(default_factory=list)
     _prev_closed: np.ndarray | None = None
     _prev_current: np.ndarray | None = None
     _streak: dict[str, int] = field(default_factory=dict)
@@ -72,7 +103,7 @@ class SafetyMonitor:
             out += self._matrix_checks(closed, cur)
         else:  # no fresh matrix: a change seen later cannot be dated, so it is not judged
             self._prev_closed = self._prev_current = None
-        mems = [m for m in self._mem if len(m.applied_a) == p.modules]
+        mems = [(t, m) for t, m in self._mem if len(m.applied_a) == p.modules]
         if mems:
             out += self._limit_checks(snap, cur, closed, mems)
         self._count(out)
@@ -97,10 +128,12 @@ class SafetyMonitor:
         return out
 
     def _limit_checks(self, snap: HardwareSnapshot, cur: np.ndarray,
-                      closed: np.ndarray | None, mems: list[CycleMemory]) -> list[Violation]:
+                      closed: np.ndarray | None, mems: list[tuple[float, CycleMemory]]
+                      ) -> list[Violation]:
         p, out = self.params, []
         tol_a, frac = self.tolerance_a, self.tolerance_frac
-        cap = max(m.station_cap_w for m in mems)
+        t = snap.started_at  # the earliest a value of this poll can have been measured
+        cap = fading_limit([(s, m.station_cap_w) for s, m in mems], t, self.grace_s)
         power = sum(mt.power_w for mt in snap.meters
                     if mt.fresh and math.isfinite(mt.power_w))
         gun_of = (np.where(closed.any(axis=1), np.argmax(closed, axis=1), -1)
@@ -111,7 +144,8 @@ class SafetyMonitor:
                                  f"station power {power / 1000:.1f} kW > cap "
                                  f"{cap / 1000:.1f} kW", live, tuple(range(p.guns))))
         for g in range(p.guns):
-            lim = max(float(m.gun_limit_a[g]) for m in mems if len(m.gun_limit_a) > g)
+            lim = fading_limit([(s, float(m.gun_limit_a[g])) for s, m in mems
+                                if len(m.gun_limit_a) > g], t, self.grace_s)
             mt = snap.meters[g]
             i = mt.current_a if mt.fresh else float(np.nansum(cur[gun_of == g]))
             if math.isfinite(i) and i > lim * (1 + frac) + tol_a:
@@ -147,8 +181,20 @@ class SafetyMonitor:
         return out
 
     def remember(self, memory: CycleMemory) -> None:
-        """The limits the setpoints just sent were computed under (for the next checks)."""
-        self._mem = [*self._mem[-1:], memory]
+        """The limits the setpoints about to be sent were computed under (for the next
+        checks); ``sent`` dates them once they are out (until then: the decision time)."""
+        self._mem.append((memory.t, memory))
+        # a step whose successor was sent a grace before the newest one fades no more
+        newest = self._mem[-1][0]
+        while len(self._mem) > 1 and (len(self._mem) > 16
+                                      or self._mem[1][0] + self.grace_s < newest):
+            self._mem.pop(0)
+
+    def sent(self, t: float) -> None:
+        """The commands of the last remembered decision went out at ``t`` (clock seconds):
+        a lowered limit's grace starts here, not at the decision."""
+        if self._mem:
+            self._mem[-1] = (t, self._mem[-1][1])
 
     # ------------------------------------------------------------------ commanded
     def guard(self, d: Decision, snap: HardwareSnapshot) -> list[Violation]:

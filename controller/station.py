@@ -25,12 +25,10 @@ from typing import Any
 
 from controller import logs
 from controller.apply import apply_commands
+from controller.clock import Monotonic
 from controller.config import StationConfig
 from controller.cycle import (
-    KEY_CABLE,
-    KEY_EV_MAX,
-    KEY_EV_REQUEST,
-    KEY_STATION_MAX,
+    CYCLE_KEYS,
     CycleInputs,
     CycleMemory,
     StationParams,
@@ -38,7 +36,7 @@ from controller.cycle import (
     vehicle_limits,
 )
 from controller.decide import decide
-from controller.limits import Limit, LimitBook
+from controller.limits import Limit, LimitBook, LimitKey
 from controller.logfold import DeviceErrorFolder, HardwareSummary
 from controller.module_care import ModuleCare
 from controller.module_faults import ModuleFaultEvent, ModuleFaultPolicy
@@ -53,9 +51,6 @@ from power.hardware_api import StationHardware
 from power.modbus_driver import HardwareConfig, HardwareSnapshot
 from power.power_unit import PowerUnitConfig, make_hardware
 
-Clock = Callable[[], float]
-#: LimitBook keys the cycle sets itself every cycle: their decreases never wake it.
-_CYCLE_KEYS = frozenset({KEY_STATION_MAX, KEY_CABLE, KEY_EV_MAX, KEY_EV_REQUEST})
 Authorizer = Callable[[int, str | None], Awaitable[bool]]
 
 
@@ -94,7 +89,7 @@ class Station:
         vehicles: Sequence[VehicleLink],
         *,
         hardware: StationHardware | HardwareConfig | PowerUnitConfig | None = None,
-        clock: Clock = time.monotonic,
+        clock: Monotonic = time.monotonic,
         wall_clock: Callable[[], str] = _wall,
         limits: LimitBook | None = None,
         authorizer: Authorizer | None = None,
@@ -113,6 +108,8 @@ class Station:
         self.limits = limits or LimitBook()
         self.limits.on_decrease = self._limit_decreased
         self.wakeups = 0  # cycles started early by a lowered limit or an emergency stop
+        #: extra cycles one module response time after a woken one, to read the meters
+        self.confirmations = 0
         install_static_limits(self.limits, config)
         self.authorizer = authorizer
         g_n = self.params.guns
@@ -146,7 +143,8 @@ class Station:
         """The state a controller start begins with (also after ``restart``)."""
         g_n = self.params.guns
         self.safety = SafetyMonitor(self.params,
-                                    fault_cycles=self.config.station.violation_fault_cycles)
+                                    fault_cycles=self.config.station.violation_fault_cycles,
+                                    grace_s=self.config.modules.response_ms / 1000.0)
         self.sessions: tuple[GunSession, ...] = tuple(GunSession(g) for g in range(g_n))
         self.memory = CycleMemory()
         self.last_record: CycleRecord | None = None
@@ -229,10 +227,10 @@ class Station:
             self._auth[gun] = None
             self._request_auth(gun, self.sessions[gun].id_token)
 
-    def _limit_decreased(self, scope: str, key: str, limit: Limit) -> None:
+    def _limit_decreased(self, scope: str, key: LimitKey, limit: Limit) -> None:
         """A lower grid / OCPP / other outside limit acts at once: wake the cycle (the
         cycle's own keys, set inside it every cycle, never wake it)."""
-        if key in _CYCLE_KEYS:
+        if key in CYCLE_KEYS:
             return
         self.log.debug("limit lowered: cycle woken", scope=scope, key=key, value=limit.value,
                        source=limit.source)
@@ -344,16 +342,29 @@ class Station:
         self._wake.set()
 
     async def run(self, stop: asyncio.Event | None = None) -> None:
-        """Cycle every period until ``stop`` is set (or ``stop()``); never catches up a stall."""
+        """Cycle every period until ``stop`` is set (or ``stop()``); never catches up a stall.
+
+        A lowered limit wakes an extra cycle at once; one module response time after it
+        (``[modules] response_ms``) a confirmation cycle reads the meters again, unless the
+        period's next cycle comes first. Neither moves the period's schedule."""
         period = self.params.cycle_s
+        grace = self.safety.grace_s
         next_t = self.clock()
+        confirm_t: float | None = None  # a confirmation cycle due (after a woken one)
         while not self._stopping and not (stop is not None and stop.is_set()):
             # Cleared before the cycle: a wake that arrives while it runs starts the next one
             # at once. A woken cycle is an extra one: the period's schedule stays as it was.
+            woken = self._wake.is_set()
             self._wake.clear()
-            scheduled = self.clock() >= next_t
-            if not scheduled:
+            now = self.clock()
+            scheduled = now >= next_t - 0.002  # a timer may fire a little early
+            confirming = (not scheduled and not woken and confirm_t is not None
+                          and now >= confirm_t - 0.002)
+            if confirming:
+                self.confirmations += 1
+            elif not scheduled:
                 self.wakeups += 1
+            confirm_t = None  # any cycle reads the meters: it confirms what came before
             t0 = time.perf_counter()
             await self.cycle()
             work = time.perf_counter() - t0
@@ -366,11 +377,16 @@ class Station:
             now = self.clock()
             if next_t < now:
                 next_t = now  # a stall is not caught up: start the next period now
+            if woken and now + grace < next_t - 0.002:
+                # The woken cycle's lower setpoints are out; the meters show them once the
+                # modules have followed (the safety grace): read them then, not a period on.
+                confirm_t = now + grace
+            wait_until = next_t if confirm_t is None else confirm_t
             with contextlib.suppress(TimeoutError):
                 waiters = [asyncio.ensure_future(self._wake.wait())]
                 if stop is not None:
                     waiters.append(asyncio.ensure_future(stop.wait()))
-                _d, pend = await asyncio.wait(waiters, timeout=max(0.0, next_t - now),
+                _d, pend = await asyncio.wait(waiters, timeout=max(0.0, wait_until - now),
                                               return_when=asyncio.FIRST_COMPLETED)
                 for w in pend:
                     w.cancel()
@@ -411,6 +427,7 @@ class Station:
         result = await apply_commands(self.hw, decision.commands, self.vehicles,
                                       self.hw.config.link.timeout_s,
                                       lambda: deadline - time.perf_counter())
+        self.safety.sent(self.clock())  # a lowered limit's grace starts when it is out
         self.care.reenable(snap, back, self._emergency is not None)
         self.care.fault_policy(snap, now, self._emergency is not None)
         violations = [*measured, *guarded]

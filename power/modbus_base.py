@@ -108,6 +108,10 @@ class LinkSettings:
     #: Modules only: unavailable when the heartbeat register has not moved for this many
     #: polls in a row (a hung controller behind a live Modbus stack); 0 disables the check.
     heartbeat_stale_polls: int = 0
+    #: Modules only: poll with read/write multiple registers (function 23, one request that
+    #: echoes the setpoint and reads the live values): "auto" falls back to function 4 for
+    #: good on exception 1 or 2, "fc23" never falls back, "fc4" never tries it.
+    module_read_write: str = "auto"
 
 
 # --------------------------------------------------------------------------- health
@@ -333,6 +337,17 @@ class ModbusLink:
             f"write registers {address}..{address + len(values) - 1}",
             lambda c: c.write_registers(address, values, device_id=unit),
         )
+
+    async def read_write(self, read_address: int, read_count: int, write_address: int,
+                         values: list[int]) -> list[int]:
+        """Write holding registers, then read holding registers, in one request (fc 23)."""
+        what = (f"read/write registers {read_address}..{read_address + read_count - 1} / "
+                f"{write_address}..{write_address + len(values) - 1}")
+        unit = self.endpoint.unit
+        reply = await self._call(what, lambda c: c.readwrite_registers(
+            read_address=read_address, read_count=read_count, write_address=write_address,
+            values=values, device_id=unit))
+        return self._registers(reply, read_count, what)
 
     async def write_register(self, address: int, value: int) -> None:
         """Write one holding register (fc 6)."""

@@ -123,6 +123,16 @@ class ModuleHolding(IntEnum):
 
 MODULE_HOLDING_START: Final = 100
 MODULE_HOLDING_COUNT: Final = 7
+#: The setpoint pair (voltage setpoint, current limit): what one poll echoes.
+MODULE_SETPOINT_START: Final = 100
+MODULE_SETPOINT_COUNT: Final = 4
+#: Holding registers 0..14 mirror input registers 0..14 (read-only; a write is refused with
+#: exception 2), so one read/write-multiple-registers request (function 23) writes the
+#: setpoint pair and then reads the live values: one request per module and poll. A device
+#: without function 23 answers exception 1, one without the mirror exception 2: the driver
+#: then polls input registers 0..14 (function 4) as before (docs/modbus-map.md).
+MODULE_MIRROR_START: Final = 0
+MODULE_MIRROR_COUNT: Final = MODULE_LIVE_COUNT
 
 
 class ModuleStatus(IntFlag):

@@ -3,6 +3,17 @@
 A poll reads input registers 0..14 in one request (plus the rating, 200..207, once per
 connection) and checks every value against physics before trusting it, so a garbled or
 impossible reply makes the module unavailable with a reason instead of reaching the allocator.
+
+Once a setpoint has been written, a poll is one read/write-multiple-registers request
+(function 23): it writes the setpoint pair in force again (feeding the watchdog) and reads
+the live values from their holding-register mirror, after the write. A ``set_output`` of
+exactly that pair in the same cycle then sends nothing, so a module whose setpoint holds
+costs one request per cycle; a changed setpoint is a second one. Only a poll that follows a
+``set_output`` echoes (once): when the controller stops commanding, the polls stop feeding
+the watchdog, which then expires at most one poll later than without the echo. A module that
+answers
+function 23 with exception 1 (no such function) or 2 (no mirror) is polled with function 4
+from then on (``LinkSettings.module_read_write``; docs/modbus-map.md, "Function 23").
 """
 
 from __future__ import annotations
@@ -19,13 +30,17 @@ from power.modbus_base import (
     DeviceHealth,
     HardwareError,
     LinkSettings,
+    ModbusExceptionError,
     ModbusLink,
 )
 from power.modbus_map import (
     MODULE_LIVE_COUNT,
     MODULE_LIVE_START,
+    MODULE_MIRROR_COUNT,
+    MODULE_MIRROR_START,
     MODULE_RATING_COUNT,
     MODULE_RATING_START,
+    MODULE_SETPOINT_START,
     ModuleHolding,
     ModuleInput,
     ModuleStatus,
@@ -220,6 +235,13 @@ class ModbusModule:
         self._heartbeat: int | None = None
         self._heartbeat_same = 0
         self._last = ModuleState(index, False, "not polled yet", clock())
+        #: "auto" | "fc23" | "fc4" (see the module docstring); "auto" becomes "fc4" on refusal
+        self.read_write = self.link.settings.module_read_write
+        self.read_write_refused: str | None = None  # why function 23 was given up
+        self._echo: list[int] | None = None  # the setpoint pair a poll writes back
+        self._echo_a = math.inf
+        self._echoed: list[int] | None = None  # what this cycle's poll wrote (fc 23)
+        self._armed = False  # a set_output since the last poll: the next poll may echo
 
     @property
     def last(self) -> ModuleState:
@@ -238,7 +260,7 @@ class ModbusModule:
         if self.rating is None or self._rating_connects != self.link.connects:
             self.rating = await self._read_rating()  # once per connection
             self._rating_connects = self.link.connects
-        regs = await self.link.read_input(MODULE_LIVE_START, MODULE_LIVE_COUNT)
+        regs = await self._read_live()
         mi = ModuleInput
         state = ModuleState(
             self.index, True, None, self.clock(),
@@ -255,6 +277,23 @@ class ModbusModule:
             raise BadReplyError(f"module {self.index}: {why}")
         self._check_heartbeat(state.heartbeat)
         return state
+
+    async def _read_live(self) -> list[int]:
+        """Registers 0..14: with function 23 (echoing the setpoint) when possible."""
+        self._echoed = None
+        echo, armed, self._armed = self._echo, self._armed, False
+        if echo is not None and armed and self.read_write != "fc4":
+            try:
+                regs = await self.link.read_write(MODULE_MIRROR_START, MODULE_MIRROR_COUNT,
+                                                  MODULE_SETPOINT_START, echo)
+            except ModbusExceptionError as exc:
+                if self.read_write != "auto" or exc.code not in (1, 2):
+                    raise
+                self.read_write, self.read_write_refused = "fc4", str(exc)
+            else:
+                self._echoed = echo
+                return regs
+        return await self.link.read_input(MODULE_LIVE_START, MODULE_LIVE_COUNT)
 
     def _check_heartbeat(self, beat: int) -> None:
         limit = self.link.settings.heartbeat_stale_polls
@@ -295,9 +334,15 @@ class ModbusModule:
             raise ValueError(
                 f"module {self.index}: current limit {current_a} A outside 0..{limit} A"
             )
-        await self.link.write_registers(
-            ModuleHolding.VOLTAGE_SETPOINT, encode_f32(voltage_v) + encode_f32(current_a)
-        )
+        regs = encode_f32(voltage_v) + encode_f32(current_a)
+        echoed, self._echoed = self._echoed, None
+        self._armed = True
+        if echoed == regs:
+            return  # this cycle's poll wrote exactly this pair (function 23)
+        if current_a <= self._echo_a:  # a lower pair is echoed even if this write fails
+            self._echo, self._echo_a = regs, current_a
+        await self.link.write_registers(ModuleHolding.VOLTAGE_SETPOINT, regs)
+        self._echo, self._echo_a = regs, current_a
 
     async def enable(self) -> None:
         """Switch the output on (also re-arms after a watchdog expiry)."""

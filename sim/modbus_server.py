@@ -10,6 +10,10 @@ gateway port serves every device by unit id.
 
 A module with injected communication loss, or an offline meter, drops requests silently: the
 master times out, as with a pulled cable.
+
+A module serves read/write-multiple-registers (function 23) with its live values mirrored into
+holding registers 0..14; ``module_fc23=False`` simulates an older module without either
+(function 23 answers exception 1, the mirror exception 2), for the driver's fallback.
 """
 
 from __future__ import annotations
@@ -34,6 +38,8 @@ from power.modbus_map import (
     MODULE_HOLDING_COUNT,
     MODULE_HOLDING_START,
     MODULE_LIVE_COUNT,
+    MODULE_MIRROR_COUNT,
+    MODULE_MIRROR_START,
     MODULE_RATING_START,
     MeterInput,
     ModuleHolding,
@@ -53,11 +59,12 @@ from sim.physics import RealTimeStepper, StationPhysics
 
 _BIT_FCS = frozenset({1, 2, 5, 15})
 _READ_HOLDING = 3
-_WRITE_HOLDING = frozenset({6, 16})
+_READ_WRITE = 23  # read/write multiple registers: the write first, then the read
+_WRITE_HOLDING = frozenset({6, 16, _READ_WRITE})
 
 #: What Read Device Identification (fc 43/14) answers, so `mwc doctor` has a firmware
 #: revision to report. pymodbus keeps one identity per process: every simulated device alike.
-SIM_IDENTITY = ModbusDeviceIdentification(info_name={
+SIM_IDENTITY = ModbusDeviceIdentification(info_name={  # type: ignore[no-untyped-call]
     "VendorName": "mwcharge", "ProductCode": "SIM-PM40", "MajorMinorRevision": "1.0.0"})
 
 
@@ -107,9 +114,11 @@ class _Devices:
     """Builds the pymodbus devices for one station and holds their actions."""
 
     def __init__(self, physics: StationPhysics,
-                 command: Callable[[int, int, int], str | None] | None = None) -> None:
+                 command: Callable[[int, int, int], str | None] | None = None,
+                 module_fc23: bool = True) -> None:
         self.physics = physics
         self.command = command or physics.apply_command
+        self.module_fc23 = module_fc23
 
     # ---------------------------------------------------------------- module
     def module(self, index: int, unit: int) -> SimDevice:
@@ -122,6 +131,7 @@ class _Devices:
             + encode_f32(p.max_voltage_v)
         )
         physics = self.physics
+        fc23 = self.module_fc23
 
         async def action(
             fc: int, start: int, address: int, count: int,
@@ -129,8 +139,8 @@ class _Devices:
         ) -> ExcCodes | None:
             if index in physics.comm_lost:
                 raise NoSuchIdException(f"module {index}: simulated communication loss")
-            if fc in _BIT_FCS:
-                return ExcCodes.ILLEGAL_ADDRESS
+            if fc in _BIT_FCS or (fc == _READ_WRITE and not fc23):
+                return ExcCodes.ILLEGAL_ADDRESS if fc in _BIT_FCS else ExcCodes.ILLEGAL_FUNCTION
             if fc == 4:
                 if address < MODULE_LIVE_COUNT:
                     regs[0:MODULE_LIVE_COUNT] = module_live_registers(mod)
@@ -139,8 +149,12 @@ class _Devices:
             current = module_holding_registers(mod)
             if fc == _READ_HOLDING or (fc in _WRITE_HOLDING and values is None):
                 regs[base : base + MODULE_HOLDING_COUNT] = current  # (read-back after a write)
+                if start == MODULE_MIRROR_START and address < MODULE_MIRROR_COUNT:
+                    regs[0:MODULE_MIRROR_COUNT] = module_live_registers(mod)  # the mirror
                 return None
             if fc in _WRITE_HOLDING and values is not None:
+                if address < MODULE_HOLDING_START:
+                    return ExcCodes.ILLEGAL_ADDRESS  # the mirror is read-only
                 merged = list(current)
                 off = address - MODULE_HOLDING_START
                 merged[off : off + len(values)] = [int(v) for v in values]
@@ -161,7 +175,9 @@ class _Devices:
             simdata=(
                 _dummy_bits(),
                 _dummy_bits(),
-                [SimData(MODULE_HOLDING_START, count=MODULE_HOLDING_COUNT,
+                [*([SimData(MODULE_MIRROR_START, count=MODULE_MIRROR_COUNT,
+                            datatype=DataType.REGISTERS)] if fc23 else []),
+                 SimData(MODULE_HOLDING_START, count=MODULE_HOLDING_COUNT,
                          datatype=DataType.REGISTERS)],
                 [
                     SimData(0, count=MODULE_LIVE_COUNT, datatype=DataType.REGISTERS),
@@ -311,6 +327,7 @@ class StationSimulator:
         speed: float = 1.0,
         tick_s: float = 0.005,
         clock: Callable[[], float] = time.monotonic,
+        module_fc23: bool = True,
     ) -> None:
         self.physics = physics or StationPhysics()
         self.host = host
@@ -319,7 +336,7 @@ class StationSimulator:
         self.stepper = RealTimeStepper(self.physics, clock, tick_s, speed) if realtime else None
         self.ports = SimPorts(host)
         self._servers: list[ModbusTcpServer] = []
-        self._devices = _Devices(self.physics, self._command)
+        self._devices = _Devices(self.physics, self._command, module_fc23)
         self._fixed_ports: list[int] | None = None
         self._extra: dict[str, _Extra] = {}
         self._commands: dict[int, Callable[[int, int], str | None]] = {}

@@ -77,11 +77,16 @@ async def test_run_starts_a_cycle_at_once_for_a_decrease_and_keeps_the_period() 
         assert woke_after < 0.5, woke_after  # not the 1 s period
         assert st.last_record is not None
         assert st.wakeups == 1
+        # one module response time (60 ms) later a confirmation cycle reads the meters again
+        got.clear()
+        await asyncio.wait_for(got.wait(), 10)
+        assert 0.04 < cycles[n0 + 1] - cycles[n0] < 0.5, cycles
+        assert st.confirmations == 1
         # the schedule is kept: the next cycle is the one due one period after the first
         got.clear()
         await asyncio.wait_for(got.wait(), 10)
-        assert 0.6 < cycles[n0 + 1] - cycles[n0 - 1] < 1.6, cycles
-        assert st.wakeups == 1
+        assert 0.6 < cycles[n0 + 2] - cycles[n0 - 1] < 1.6, cycles
+        assert st.wakeups == 1 and st.confirmations == 1
         # an increase does not start a cycle early
         got.clear()
         n1 = len(cycles)
@@ -89,7 +94,7 @@ async def test_run_starts_a_cycle_at_once_for_a_decrease_and_keeps_the_period() 
         st.limits.set(STATION, "grid", Limit(900_000.0, "grid", now, now + 60))
         await asyncio.sleep(0.3)
         assert len(cycles) == n1 or cycles[n1] - cycles[n1 - 1] > 0.6
-        assert st.wakeups == 1
+        assert st.wakeups == 1 and st.confirmations == 1  # nor a confirmation
         stop.set()
         await asyncio.wait_for(runner, 10)
     finally:
