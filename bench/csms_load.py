@@ -8,8 +8,17 @@ Heartbeat and TransactionEvent(Updated) with meter values. Round trips are timed
 during the steady phase only. The load generator shares the machine with the backend.
 
     python bench/csms_load.py --stations 2000 --procs 4 --duration 60
+    python bench/csms_load.py --topology 2x-pg-haproxy --stations 4000 --storm
 
-The last line is JSON: {"stations", "msgs_per_s", "rtt_ms_p99", "rss_mb", ...}.
+Topologies: ``single-sqlite`` (one process, SQLite file), ``single-pg`` (one process on a
+private PostgreSQL started by the bench), ``2x-pg-haproxy`` (two processes on that PostgreSQL
+behind a private HAProxy running deploy/haproxy/csms.cfg). ``--storm``: after the steady
+phase every station drops its connection at once and reconnects (retrying on 503 from the
+admission rate, ``--admit-rate``); the time until all are back and the largest event-loop
+stall of any instance during it are reported.
+
+The last line is JSON: {"stations", "msgs_per_s", "rtt_ms_p50", "rtt_ms_p99",
+"instances": [{"cpu_pct", "rss_mb"}...], "storm_s", "storm_stall_ms_max", ...}.
 """
 
 from __future__ import annotations
@@ -24,8 +33,6 @@ import os
 import random
 import resource
 import shutil
-import signal
-import subprocess
 import sys
 import tempfile
 import time
@@ -70,7 +77,7 @@ class _Station:
 
 async def _station_life(url: str, sid: str, args: dict[str, Any], ready: asyncio.Event,
                         start_at: list[float], stats: dict[str, Any],
-                        gate: asyncio.Semaphore) -> None:
+                        gate: asyncio.Semaphore, storm: list[asyncio.Event]) -> None:
     import websockets
 
     auth = base64.b64encode(f"{sid}:{PASSWORD}".encode()).decode()
@@ -126,6 +133,11 @@ async def _station_life(url: str, sid: str, args: dict[str, Any], ready: asyncio
                 next_hb += hb
                 hb_rtts.append(rtt)
             rtts.append(rtt)
+        if args["storm"]:
+            await storm[0].wait()
+            await ws.close()
+            ws = await _reconnect(url, sid, auth, stats)
+            stats["back"].append(time.time())
     except Exception as exc:
         stats["call_errors"] += 1
         stats["last_error"] = repr(exc)[:200]
@@ -134,22 +146,51 @@ async def _station_life(url: str, sid: str, args: dict[str, Any], ready: asyncio
             await ws.close()
 
 
+async def _reconnect(url: str, sid: str, auth: str, stats: dict[str, Any]) -> Any:
+    """Back in after the storm: retry (1 s ± jitter) on 503 or a refused connection."""
+    import websockets
+
+    deadline = time.time() + 300
+    while True:
+        try:
+            ws = await websockets.connect(
+                f"{url}/ocpp/{sid}", subprotocols=["ocpp2.0.1"],  # type: ignore[list-item]
+                additional_headers={"Authorization": f"Basic {auth}"},
+                compression=None, ping_interval=None, open_timeout=60, max_queue=4)
+            _, boot = await _Station(ws, sid).call("BootNotification", {
+                "reason": "PowerUp", "chargingStation": {"model": "MCS", "vendorName": "bench"}})
+            if boot["status"] == "Accepted":
+                return ws
+            await ws.close()
+        except Exception as exc:
+            stats["storm_retries"] += 1
+            if time.time() > deadline:
+                raise
+            del exc
+        await asyncio.sleep(random.uniform(0.5, 1.5))
+
+
 def _generator(idx: int, url: str, ids: list[str], args: dict[str, Any],
                to_parent: Any, from_parent: Any) -> None:
     _raise_fd_limit()
 
     async def main() -> None:
         stats: dict[str, Any] = {"connected": 0, "connect_errors": 0, "call_errors": 0,
-                                 "rtts": [], "hb_rtts": [], "last_error": ""}
-        ready, start_at = asyncio.Event(), [0.0]
+                                 "rtts": [], "hb_rtts": [], "last_error": "", "back": [],
+                                 "storm_retries": 0}
+        ready, start_at, storm = asyncio.Event(), [0.0], [asyncio.Event()]
         gate = asyncio.Semaphore(args["connect_concurrency"])
-        tasks = [asyncio.create_task(_station_life(url, sid, args, ready, start_at, stats, gate))
-                 for sid in ids]
+        tasks = [asyncio.create_task(_station_life(url, sid, args, ready, start_at, stats, gate,
+                                                   storm)) for sid in ids]
         while stats["connected"] + stats["connect_errors"] < len(ids):
             await asyncio.sleep(0.1)
         to_parent.put(("ready", idx, stats["connected"], stats["last_error"]))
         start_at[0] = await asyncio.get_running_loop().run_in_executor(None, from_parent.get)
         ready.set()
+        if args["storm"]:
+            storm_at = await asyncio.get_running_loop().run_in_executor(None, from_parent.get)
+            await asyncio.sleep(max(0.0, storm_at - time.time()))
+            storm[0].set()
         await asyncio.gather(*tasks)
         cpu = psutil.Process().cpu_times()
         to_parent.put(("done", idx, {k: v for k, v in stats.items()},
@@ -159,14 +200,59 @@ def _generator(idx: int, url: str, ids: list[str], args: dict[str, Any],
 
 
 # --- parent ---------------------------------------------------------------------------------
-def _provision(db: Path, n: int, scrypt_n: int) -> list[str]:
+def _start_topology(stack: contextlib.ExitStack, tmp: Path,
+                    args: argparse.Namespace) -> tuple[str, list[str], list[psutil.Process]]:
+    """Start the backend(s) (and PostgreSQL, HAProxy); (station URL, API URLs, processes)."""
+    sys.path.insert(0, str(ROOT / "tests"))
+    extra = {"rate_per_s": 50, "heartbeat_interval": int(args.heartbeat_s),
+             "admit_rate_per_s": args.admit_rate, "admit_burst": 200}
+    env = {"MWC_CSMS_LOG_LEVEL": "WARNING"}
+    os.environ.update(env)
+    if args.topology == "single-sqlite":
+        db = tmp / "csms.db"
+        args.storage_target = str(db)
+        url = f"sqlite:///{db}"
+    else:
+        from pg_fixtures import PgCluster
+
+        pg = PgCluster().start()
+        stack.callback(pg.stop)
+        pid = int((pg.data / "postmaster.pid").read_text().split()[0])
+        args.infra.append(("postgres", psutil.Process(pid)))
+        url = args.storage_target = pg.new_database()
+    from cluster_fixtures import haproxy, start_instance, stop_instance
+
+    names = ["a", "b"] if args.topology == "2x-pg-haproxy" else ["a"]
+    insts = []
+    for name in names:
+        inst = start_instance(tmp, url, name, **extra)
+        stack.callback(stop_instance, inst)
+        insts.append(inst)
+    procs = [psutil.Process(i.proc.pid) for i in insts]
+    api_urls = [f"http://127.0.0.1:{i.api_port}" for i in insts]
+    if len(insts) == 2:
+        proxy = stack.enter_context(haproxy(tmp, insts[0], insts[1]))
+        args.infra.append(("haproxy", psutil.Process(proxy.proc.pid)))
+        return f"ws://127.0.0.1:{proxy.ocpp_port}", api_urls, procs
+    return f"ws://127.0.0.1:{insts[0].ocpp_port}", api_urls, procs
+
+
+def _provision(target: str, n: int, scrypt_n: int) -> list[str]:
     import sqlite3
 
     from ocpp_server.migrations import migrate
     from ocpp_server.passwords import hash_password
     ids = [f"BENCH{i:05d}" for i in range(n)]
     pw_hash = hash_password(PASSWORD, n=scrypt_n)  # one hash reused: provisioning speed only
-    conn = sqlite3.connect(db, isolation_level=None)
+    if target.startswith("postgresql://"):
+        import psycopg
+
+        with psycopg.connect(target) as pg, pg.cursor() as cur:
+            cur.executemany("INSERT INTO stations (id, password_hash, security_profile,"
+                            " approved, created_at) VALUES (%s,%s,1,1,%s)",
+                            [(i, pw_hash, _now()) for i in ids])
+        return ids
+    conn = sqlite3.connect(target, isolation_level=None)
     conn.execute("PRAGMA journal_mode=WAL")
     migrate(conn)
     conn.execute("BEGIN")
@@ -179,8 +265,19 @@ def _provision(db: Path, n: int, scrypt_n: int) -> list[str]:
 
 def _metrics(url: str) -> dict[str, Any]:
     import httpx
+    from cluster_fixtures import API_TOKEN
 
-    return dict(httpx.get(url, headers={"Authorization": "Bearer bench"}, timeout=30).json())
+    return dict(httpx.get(url, headers={"Authorization": f"Bearer {API_TOKEN}"},
+                          timeout=30).json())
+
+
+def _tree_cpu(proc: psutil.Process) -> float:
+    """CPU seconds of a process and its children (PostgreSQL: one backend per connection)."""
+    total = 0.0
+    for p in [proc, *proc.children(recursive=True)]:
+        with contextlib.suppress(psutil.Error):
+            total += sum(p.cpu_times()[:2])
+    return total
 
 
 def _pct(values: list[float], q: float) -> float:
@@ -202,51 +299,40 @@ def main() -> int:
     ap.add_argument("--scrypt-n", type=int, default=2**11,
                     help="scrypt cost of the bench passwords (production default 2**14)")
     ap.add_argument("--connect-concurrency", type=int, default=50)
-    ap.add_argument("--synchronous", default="FULL", choices=["FULL", "NORMAL"])
+    ap.add_argument("--topology", default="single-sqlite",
+                    choices=["single-sqlite", "single-pg", "2x-pg-haproxy"])
+    ap.add_argument("--storm", action="store_true",
+                    help="after the steady phase, drop every station at once; time the return")
+    ap.add_argument("--admit-rate", type=float, default=300.0,
+                    help="[ocpp] admit_rate_per_s of the backend (handshakes/s; 0 = no limit)")
     args = ap.parse_args()
     _raise_fd_limit()
+    args.infra = []  # (name, process): PostgreSQL, HAProxy; their CPU is reported apart
 
     tmp = Path(tempfile.mkdtemp(prefix="csms-bench-"))
-    db = tmp / "csms.db"
     t0 = time.time()
-    ids = _provision(db, args.stations, args.scrypt_n)
-    cfg = tmp / "csms.toml"
-    cfg.write_text(f'[storage]\npath = "{db}"\nsynchronous = "{args.synchronous}"\n'
-                   f'[ocpp]\nhost = "127.0.0.1"\nport = 0\nrate_per_s = 50\n'
-                   f'heartbeat_interval = {int(args.heartbeat_s)}\n'
-                   f'[api]\nhost = "127.0.0.1"\nport = 0\ntokens = ["bench"]\n')
-    ready_file = tmp / "ready.json"
-    env = {**os.environ, "MWC_CSMS_LOG_LEVEL": "WARNING"}
-    backend = subprocess.Popen(
-        [sys.executable, "-m", "ocpp_server", "--config", str(cfg), "serve",
-         "--ready-file", str(ready_file)], cwd=ROOT, env=env)
+    stack = contextlib.ExitStack()
     try:
-        while not ready_file.exists():
-            if backend.poll() is not None:
-                print("backend failed to start", file=sys.stderr)
-                return 1
-            time.sleep(0.05)
-        ports = json.loads(ready_file.read_text())
-        port = ports["ocpp_port"]
-        metrics_url = f"http://127.0.0.1:{ports['api_port']}/api/v1/metrics"
-        proc = psutil.Process(backend.pid)
-        print(f"backend pid {backend.pid} on ws://127.0.0.1:{port}; {args.stations} stations, "
-              f"{args.procs} load-generator processes ON THE SAME {os.cpu_count()}-CORE MACHINE")
+        ws_url, api_urls, procs = _start_topology(stack, tmp, args)
+        ids = _provision(args.storage_target, args.stations, args.scrypt_n)
+        print(f"{args.topology}: backend pids {[p.pid for p in procs]} behind {ws_url}; "
+              f"{args.stations} stations, {args.procs} load-generator processes ON THE SAME "
+              f"{os.cpu_count()}-CORE MACHINE")
 
         ctx = mp.get_context("spawn")
         to_parent = ctx.Queue()
         chans = [ctx.Queue() for _ in range(args.procs)]
         gen_args = {"heartbeat_s": args.heartbeat_s, "tx_s": args.tx_s,
-                    "duration": args.duration,
+                    "duration": args.duration, "storm": args.storm,
                     "connect_concurrency": max(1, args.connect_concurrency // args.procs)}
         gens = [ctx.Process(target=_generator, args=(
-            i, f"ws://127.0.0.1:{port}", ids[i::args.procs], gen_args, to_parent, chans[i]))
+            i, ws_url, ids[i::args.procs], gen_args, to_parent, chans[i]))
             for i in range(args.procs)]
         for g in gens:
             g.start()
         held = 0
         for _ in gens:
-            _, idx, connected, err = to_parent.get(timeout=600)
+            _, idx, connected, err = to_parent.get(timeout=900)
             held += connected
             if err:
                 print(f"  generator {idx}: last connect error {err}")
@@ -258,27 +344,32 @@ def main() -> int:
             ch.put(start_at)
         while time.time() < start_at:
             time.sleep(0.01)
-        cpu0 = proc.cpu_times()
-        m0 = _metrics(metrics_url)
+        cpu0 = [sum(p.cpu_times()[:2]) for p in procs]
+        infra0 = {n: _tree_cpu(p) for n, p in args.infra}
+        m0 = [_metrics(u + "/api/v1/metrics") for u in api_urls]
         gen0 = sum(sum(p.cpu_times()[:2]) for p in gen_procs)
         sys0 = psutil.cpu_times()
-        rss_max = 0.0
+        rss_max = [0.0 for _ in procs]
         while time.time() < start_at + args.duration:
-            rss_max = max(rss_max, proc.memory_info().rss / 2**20)
+            rss_max = [max(r, p.memory_info().rss / 2**20) for r, p in zip(rss_max, procs,
+                                                                          strict=True)]
             time.sleep(0.5)
-        cpu1 = proc.cpu_times()
-        m1 = _metrics(metrics_url)
+        cpu1 = [sum(p.cpu_times()[:2]) for p in procs]
+        infra_cpu = {n: (_tree_cpu(p) - infra0[n]) / args.duration for n, p in args.infra}
+        m1 = [_metrics(u + "/api/v1/metrics") for u in api_urls]
         gen1 = sum(sum(p.cpu_times()[:2]) for p in gen_procs)
         sys1 = psutil.cpu_times()
-        results = [to_parent.get(timeout=120) for _ in gens]
+        storm_at = 0.0
+        if args.storm:
+            storm_at = time.time() + 1.0
+            for ch in chans:
+                ch.put(storm_at)
+        results = [to_parent.get(timeout=900) for _ in gens]
+        stalls = [_metrics(u + "/healthz")["stalls"] for u in api_urls] if args.storm else []
         for g in gens:
             g.join(timeout=30)
     finally:
-        backend.send_signal(signal.SIGTERM)
-        try:
-            backend.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            backend.kill()
+        stack.close()
         shutil.rmtree(tmp, ignore_errors=True)
 
     rtts: list[float] = []
@@ -291,10 +382,14 @@ def main() -> int:
         connect_errors += stats["connect_errors"]
         if stats["last_error"]:
             print(f"  last error: {stats['last_error']}")
-    backend_cpu = (cpu1.user + cpu1.system - cpu0.user - cpu0.system) / args.duration
+    inst_cpu = [(b - a) / args.duration for a, b in zip(cpu0, cpu1, strict=True)]
+    backend_cpu = sum(inst_cpu)
     gen_cpu_steady = (gen1 - gen0) / args.duration
     busy = sum(sys1[:3]) - sum(sys0[:3])  # user + nice + system, all cores
-    other_cpu = max(0.0, busy / args.duration - backend_cpu - gen_cpu_steady)
+    other_cpu = max(0.0, busy / args.duration - backend_cpu - gen_cpu_steady
+                    - sum(infra_cpu.values()))
+    for name, c in infra_cpu.items():
+        print(f"  {name}: CPU {c * 100:.0f}% of one core")
     held_end = held - call_errors
     msgs_per_s = len(rtts) / args.duration
     p50, p99 = _pct(rtts, 0.50), _pct(rtts, 0.99)
@@ -308,19 +403,38 @@ def main() -> int:
           f" p99 {_pct(hb_rtts, 0.99):.1f} ms)")
     from ocpp_server.metrics import percentile
 
-    steady = [b - a for a, b in zip(m0["buckets"], m1["buckets"], strict=True)]
+    steady = [sum(b["buckets"][i] - a["buckets"][i] for a, b in zip(m0, m1, strict=True))
+              for i in range(len(m0[0]["buckets"]))]
     h50, h99 = percentile(steady, 0.5), percentile(steady, 0.99)
     print(f"backend handling time (frame in -> answer written, incl. commit): p50 <= {h50} ms,"
           f" p99 <= {h99} ms; the rest of the round trip is the two event loops and the OS")
-    print(f"backend: CPU {backend_cpu * 100:.0f}% of one core, RSS max {rss_max:.0f} MB; "
+    for i, (c, r) in enumerate(zip(inst_cpu, rss_max, strict=True)):
+        print(f"  instance {i}: CPU {c * 100:.0f}% of one core, RSS max {r:.0f} MB")
+    storm_s = storm_stall = None
+    if args.storm:
+        back = [t for _, _, st, _ in results for t in st["back"]]
+        retries = sum(st["storm_retries"] for _, _, st, _ in results)
+        storm_s = round(max(back) - storm_at, 1) if back else None
+        storm_stall = max((ms for inst in stalls for t, ms in inst if t >= storm_at),
+                          default=0)
+        print(f"reconnect storm: {len(back)}/{held_end} stations back in {storm_s} s "
+              f"({retries} retries after 503 / refused), largest event-loop stall of any "
+              f"instance during it {storm_stall} ms (stalls < 50 ms are not recorded)")
+    print(f"backend: CPU {backend_cpu * 100:.0f}% of one core, RSS max {sum(rss_max):.0f} MB; "
           f"load generators (same machine): CPU {gen_cpu_steady * 100:.0f}% of one core; "
           f"other processes on the machine: {other_cpu * 100:.0f}% of one core "
           f"({os.cpu_count()} cores in all)")
-    goal = held_end >= 2000 and p99 <= 100
-    print(f"goal (2,000 stations, p99 <= 100 ms): {'met' if goal else 'NOT met'}")
-    print(json.dumps({"stations": held_end, "msgs_per_s": round(msgs_per_s, 1),
+    limit_ms = 150 if args.topology == "2x-pg-haproxy" else 100
+    goal = held_end >= 10000 and p99 <= limit_ms
+    print(f"goal (10,000 stations, p99 <= {limit_ms} ms): {'met' if goal else 'NOT met'}")
+    print(json.dumps({"topology": args.topology, "stations": held_end,
+                      "msgs_per_s": round(msgs_per_s, 1),
                       "rtt_ms_p50": round(p50, 2), "rtt_ms_p99": round(p99, 2),
-                      "rss_mb": round(rss_max, 1), "backend_handling_ms_p99": h99,
+                      "rss_mb": round(sum(rss_max), 1), "backend_handling_ms_p99": h99,
+                      "instances": [{"cpu_pct": round(c * 100), "rss_mb": round(r, 1)}
+                                    for c, r in zip(inst_cpu, rss_max, strict=True)],
+                      "storm_s": storm_s, "storm_stall_ms_max": storm_stall,
+                      **{f"{n}_cpu_pct": round(c * 100) for n, c in infra_cpu.items()},
                       "backend_cpu_pct": round(backend_cpu * 100),
                       "other_load_cpu_pct": round(other_cpu * 100),
                       "load_generator_on_same_machine": True}))

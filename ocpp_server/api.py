@@ -87,7 +87,13 @@ def create_app(server: CsmsServer) -> FastAPI:
 
     @app.get("/healthz", tags=["meta"])
     async def healthz() -> dict[str, Any]:
-        return {"ok": True, "connected": len(server.backend.sessions)}
+        out: dict[str, Any] = {"ok": True, "connected": len(server.backend.sessions),
+                               # event-loop lags > 50 ms: [unix time, ms], the last 256
+                               "stalls": [[round(t, 3), round(lag * 1000)]
+                                          for t, lag in server.stalls]}
+        if server.cluster is not None:
+            out["cluster"] = server.cluster.snapshot()
+        return out
 
     async def _station_or_404(station_id: str) -> StationRecord:
         station = await repo.get_station(station_id)

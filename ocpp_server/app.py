@@ -7,9 +7,11 @@
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import socket
 import ssl
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -20,13 +22,14 @@ from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 
 from ocpp_server.auth import SUBPROTOCOLS, Authenticator, admission_of
+from ocpp_server.cluster import Cluster
 from ocpp_server.config import CsmsConfig
+from ocpp_server.engines import describe, open_repository
 from ocpp_server.handlers_v16 import StationV16
 from ocpp_server.handlers_v201 import StationV201
 from ocpp_server.metrics import Metrics
 from ocpp_server.repository import Repository
 from ocpp_server.session import DISCONNECTED, Backend, Session
-from ocpp_server.storage import SqliteRepository
 
 log = structlog.get_logger("ocpp_server.app")
 
@@ -68,16 +71,15 @@ class CsmsServer:
     def __init__(self, cfg: CsmsConfig, repo: Repository | None = None) -> None:
         self.cfg = cfg
         metrics = Metrics()
-        self.repo: Repository = repo or SqliteRepository(
-            cfg.storage.path, cfg.storage.synchronous, rated_power_w=cfg.ocpp.rated_power_w,
-            plausibility_margin=cfg.ocpp.plausibility_margin,
-            on_flag=metrics.count_implausible)
+        self.repo: Repository = repo or open_repository(cfg, metrics.count_implausible)
         self.backend = Backend(cfg, self.repo, metrics=metrics)
         self._servers: list[Server] = []
         self._api: _Uvicorn | None = None
         self._api_task: asyncio.Task[None] | None = None
         self._lag_task: asyncio.Task[None] | None = None
         self._background: set[asyncio.Task[Any]] = set()
+        self.cluster: Cluster | None = None  # several instances on PostgreSQL (cluster.py)
+        self.stalls: collections.deque[tuple[float, float]] = collections.deque(maxlen=256)
         self.ocpp_port = 0
         self.tls_port = 0
         self.api_port = 0
@@ -105,6 +107,13 @@ class CsmsServer:
 
     async def start(self) -> None:
         await self.repo.open()
+        engine, url = self.cfg.storage.database()
+        if engine == "postgresql":
+            ccfg = self.cfg.cluster
+            self.cluster = Cluster(url, self.backend.sessions, self.repo,
+                                   instance=ccfg.instance, ttl=ccfg.presence_ttl,
+                                   call_timeout=self.cfg.ocpp.call_timeout)
+            await self.cluster.start()
         ocfg = self.cfg.ocpp
         if ocfg.port >= 0:
             self.ocpp_port = await self._listen(ocfg.port, tls=False)
@@ -114,7 +123,7 @@ class CsmsServer:
             await self._start_api()
         self._lag_task = asyncio.create_task(self._watch_loop_lag())
         log.info("csms_started", ocpp_port=self.ocpp_port, tls_port=self.tls_port,
-                 api_port=self.api_port, db=self.cfg.storage.path)
+                 api_port=self.api_port, db=describe(self.cfg))
 
     async def _start_api(self) -> None:
         from ocpp_server.api import create_app
@@ -145,13 +154,16 @@ class CsmsServer:
         if self._api_task.done():
             self._api_task.result()
 
-    async def _watch_loop_lag(self, period: float = 0.25, warn_s: float = 0.2) -> None:
-        """Log when the event loop was blocked: every station's latency suffers then."""
+    async def _watch_loop_lag(self, period: float = 0.05, warn_s: float = 0.2) -> None:
+        """Log when the event loop was blocked: every station's latency suffers then.
+        Lags over 50 ms are also kept (``recent_stalls``) for /healthz and the benchmark."""
         loop = asyncio.get_running_loop()
         while True:
             before = loop.time()
             await asyncio.sleep(period)
             lag = loop.time() - before - period
+            if lag > 0.05:
+                self.stalls.append((time.time(), lag))
             if lag > warn_s:
                 log.warning("event_loop_stalled", lag_ms=round(lag * 1000),
                             stations=len(self.backend.sessions))
@@ -171,11 +183,18 @@ class CsmsServer:
         for server in self._servers:
             await server.wait_closed()
         self._servers.clear()
+        if self.cluster is not None:
+            await self.cluster.stop()
+            self.cluster = None
         await self.repo.close()
         log.info("csms_stopped")
 
     def session(self, station_id: str) -> Session | None:
-        return self.backend.sessions.get(station_id)
+        """The station's live session here, else (cluster) a proxy to the instance holding it."""
+        local = self.backend.sessions.get(station_id)
+        if local is not None or self.cluster is None:
+            return local
+        return self.cluster.locate(station_id)
 
     async def _handle(self, connection: ServerConnection) -> None:
         adm = admission_of(connection)
@@ -184,6 +203,8 @@ class CsmsServer:
                                adm.security_profile)
         old = self.backend.sessions.get(adm.station_id)
         self.backend.sessions[adm.station_id] = session
+        if self.cluster is not None:
+            self.cluster.station_connected(adm.station_id, session.subprotocol)
         if old is not None:  # the station reconnected before we noticed the old socket die
             closing = asyncio.create_task(_quietly(old._connection.close(  # type: ignore[attr-defined]
                 1000, "replaced by a new connection")))
@@ -201,6 +222,8 @@ class CsmsServer:
             session._response_queue.put_nowait(DISCONNECTED)  # type: ignore[attr-defined]
             if self.backend.sessions.get(adm.station_id) is session:
                 del self.backend.sessions[adm.station_id]
+                if self.cluster is not None:
+                    self.cluster.station_left(adm.station_id)
             code = connection.close_code
             session.log.info("disconnected", code=code)
             with contextlib.suppress(Exception):

@@ -31,7 +31,7 @@ from websockets.http11 import Request, Response
 
 from ocpp_server.passwords import current_hash, hash_password, match_password
 from ocpp_server.repository import AlreadyExists, StationRecord
-from ocpp_server.session import Backend
+from ocpp_server.session import Backend, TokenBucket
 
 log = structlog.get_logger("ocpp_server.auth")
 
@@ -86,6 +86,10 @@ class Authenticator:
         # Passwords verified since start, as keyed HMACs: a reconnect storm costs no scrypt.
         self._key = os.urandom(32)
         self._verified: dict[str, tuple[str, bytes, int]] = {}
+        ocfg = backend.cfg.ocpp
+        self._admit = (TokenBucket(ocfg.admit_rate_per_s, ocfg.admit_burst)
+                       if ocfg.admit_rate_per_s > 0 else None)
+        self.deferred = 0  # handshakes answered 503 by the admission rate
 
     def _deny(self, connection: ServerConnection, station_id: str, reason: str,
               body: str = "Unauthorized\n") -> Response:
@@ -132,6 +136,13 @@ class Authenticator:
             return connection.respond(
                 HTTPStatus.BAD_REQUEST,
                 f"offer one of the subprotocols {', '.join(SUBPROTOCOLS)}\n")
+        if self._admit is not None and not self._admit.take():
+            # A storm: admit at the configured rate so the loop keeps serving the stations
+            # already in; the rest come back after Retry-After (with their own back-off).
+            self.deferred += 1
+            response = connection.respond(HTTPStatus.SERVICE_UNAVAILABLE, "busy, retry\n")
+            response.headers["Retry-After"] = "1"
+            return response
         try:
             creds = _basic_credentials(request)
         except MalformedCredentials as exc:

@@ -22,15 +22,19 @@ from typing import Any
 import httpx
 
 from ocpp_server.config import ConfigError, CsmsConfig, load_config
+from ocpp_server.engines import describe, open_repository
 from ocpp_server.passwords import hash_password
 from ocpp_server.repository import AlreadyExists, StationRecord, TokenRecord
-from ocpp_server.storage import SqliteRepository
 
 
 def _config(args: argparse.Namespace) -> CsmsConfig:
     cfg = load_config(args.config or os.environ.get("MWC_CSMS_CONFIG"))
     if getattr(args, "db", None):
-        cfg.storage.path = args.db
+        if "://" in args.db:
+            cfg.storage.url = args.db
+        else:
+            cfg.storage.path = args.db
+            cfg.storage.url = ""
     return cfg
 
 
@@ -86,12 +90,31 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
 
 async def _with_repo(cfg: CsmsConfig, fn: Any) -> Any:
-    repo = SqliteRepository(cfg.storage.path, cfg.storage.synchronous)
+    repo = open_repository(cfg)
     await repo.open()
     try:
         return await fn(repo)
     finally:
         await repo.close()
+
+
+def _pg_errors() -> tuple[type[BaseException], ...]:
+    """psycopg's errors when it is installed (PostgreSQL storage), else none."""
+    try:
+        import psycopg
+    except ImportError:
+        return ()
+    return (psycopg.Error,)
+
+
+def _cmd_migrate(args: argparse.Namespace) -> int:
+    """Apply the schema migrations (serve does it too; this runs them before a roll-out)."""
+    from ocpp_server.migrations import SCHEMA_VERSION
+
+    cfg = _config(args)
+    asyncio.run(_with_repo(cfg, lambda repo: asyncio.sleep(0)))
+    print(f"{describe(cfg)}: schema v{SCHEMA_VERSION}")
+    return 0
 
 
 def _read_password(args: argparse.Namespace) -> str | None:
@@ -244,10 +267,10 @@ def _describe(exc: BaseException, args: argparse.Namespace) -> str:
             return f"{exc.filename}: {exc.strerror}"
         return exc.strerror or str(exc)
     try:
-        db = _config(args).storage.path
+        db = describe(_config(args))
     except ConfigError:
         db = "?"
-    return f"[storage] path {db}: {exc}"
+    return f"[storage] {db}: {exc}"
 
 
 def _guard(fn: Any) -> Any:
@@ -262,6 +285,11 @@ def _guard(fn: Any) -> Any:
         except (OSError, sqlite3.Error) as exc:  # port in use, database not writable, ...
             print(f"error: {_describe(exc, args)}", file=sys.stderr)
             return 2
+        except Exception as exc:
+            if not isinstance(exc, _pg_errors()):
+                raise
+            print(f"error: {_describe(exc, args)}", file=sys.stderr)  # PostgreSQL unreachable…
+            return 2
 
     return wrapped
 
@@ -270,7 +298,7 @@ def register(sub: Any) -> None:
     """Add ``csms`` and its sub-commands to the ``mwc`` parser."""
     csms = sub.add_parser("csms", help="the OCPP backend (CSMS) and its operator tools")
     csms.add_argument("--config", help="TOML configuration (default: $MWC_CSMS_CONFIG)")
-    csms.add_argument("--db", help="SQLite file, overrides [storage] path")
+    csms.add_argument("--db", help="SQLite file or database URL, overrides [storage]")
     csms.set_defaults(handler=lambda a: csms.print_help() or 2)
     cs = csms.add_subparsers(dest="csms_command", metavar="COMMAND")
     # --config/--db are also accepted after the sub-command (SUPPRESS keeps the group's value)
@@ -283,6 +311,10 @@ def register(sub: Any) -> None:
     serve.add_argument("--api-port", type=int, help="override [api] port (0: any free)")
     serve.add_argument("--ready-file", help="write the bound ports as JSON here once serving")
     serve.set_defaults(handler=_guard(_cmd_serve))
+
+    migrate = cs.add_parser("migrate", parents=[common],
+                            help="create or upgrade the database schema, then exit")
+    migrate.set_defaults(handler=_guard(_cmd_migrate))
 
     station = cs.add_parser("station", help="provision stations")
     st = station.add_subparsers(dest="station_command", metavar="COMMAND")

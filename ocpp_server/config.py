@@ -46,6 +46,31 @@ class _Strict(BaseModel):
 class StorageConfig(_Strict):
     path: str = "csms.db"
     synchronous: Literal["FULL", "NORMAL", "EXTRA"] = "FULL"
+    # Database URL; wins over ``path`` when set: ``sqlite:///relative.db``,
+    # ``sqlite:////abs/path.db`` or ``postgresql://user:pw@host:port/db`` (docs/scaling.md).
+    url: str = ""
+
+    @model_validator(mode="after")
+    def _known_scheme(self) -> StorageConfig:
+        if self.url and not self.url.startswith(("sqlite:///", "postgresql://", "postgres://")):
+            raise ValueError(f"url {self.url.split(':')[0]!r}: expected sqlite:///path or"
+                             " postgresql://user@host:port/db")
+        return self
+
+    def database(self) -> tuple[str, str]:
+        """(engine, target): ("sqlite", file path) or ("postgresql", libpq URL)."""
+        if self.url.startswith(("postgresql://", "postgres://")):
+            return "postgresql", self.url
+        if self.url.startswith("sqlite:///"):
+            return "sqlite", self.url[len("sqlite:///"):]
+        return "sqlite", self.path
+
+
+class ClusterConfig(_Strict):
+    """Several instances on one PostgreSQL database (cluster.py); ignored on SQLite."""
+
+    instance: str = ""             # name of this instance; "" = hostname-pid
+    presence_ttl: float = Field(default=30.0, ge=3.0, le=3600.0)  # s a crashed one's entries live
 
 
 class OcppConfig(_Strict):
@@ -67,6 +92,10 @@ class OcppConfig(_Strict):
     # (default: the MCS envelope, 3,000 A x 1,250 V) and the margin over it still accepted.
     rated_power_w: float = Field(default=3_750_000.0, gt=0, le=1e8)
     plausibility_margin: float = Field(default=1.1, ge=1.0, le=10.0)
+    # Connection storms (every station reconnecting at once): handshakes admitted per second
+    # and burst; beyond, HTTP 503 + Retry-After and the station retries. 0 = no limit.
+    admit_rate_per_s: float = Field(default=0.0, ge=0)
+    admit_burst: int = Field(default=200, ge=1)
 
     @model_validator(mode="after")
     def _tls_needs_files(self) -> OcppConfig:
@@ -85,6 +114,7 @@ class CsmsConfig(_Strict):
     storage: StorageConfig = Field(default_factory=StorageConfig)
     ocpp: OcppConfig = Field(default_factory=OcppConfig)
     api: ApiConfig = Field(default_factory=ApiConfig)
+    cluster: ClusterConfig = Field(default_factory=ClusterConfig)
 
 
 class ConfigError(ValueError):
