@@ -23,6 +23,9 @@ _ROOMS: tuple[str, ...] = (
     "sim.cli",
     "ocpp_server.cli",
 )
+#: Rooms whose dependencies are an optional extra (pyproject): a cabinet PC installs only the
+#: controller, and `mwc` still works there without them.
+_EXTRAS = {"sim.cli": "sim", "ocpp_server.cli": "csms"}
 
 
 _LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
@@ -52,14 +55,21 @@ def build_parser() -> argparse.ArgumentParser:
         help="log line format (auto: console on a terminal, JSON otherwise)",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    missing: list[str] = []
     for name in _ROOMS:
         try:
             module = importlib.import_module(name)
         except ModuleNotFoundError as exc:
             if exc.name is not None and name.startswith(exc.name):
                 continue  # room not built yet
+            if name in _EXTRAS:
+                missing.append(f"{_EXTRAS[name]} ({exc.name} missing: "
+                               f"pip install 'mwcharge[{_EXTRAS[name]}]')")
+                continue
             raise
         module.register(sub)
+    if missing:
+        parser.epilog = "not installed: " + "; ".join(missing)
     return parser
 
 

@@ -17,9 +17,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
 
-from controller.mqtt import MqttConfig
 from controller.ocpp.config import OcppConfig
 from power.modbus_base import DeviceEndpoint, LinkSettings
 from power.modbus_driver import HardwareConfig
@@ -34,11 +33,104 @@ class ConfigError(Exception):
     """A configuration mistake, with a message fit for the operator."""
 
 
-class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)  # NaN, inf: never
+class ConfigModel(BaseModel):
+    """The base of every configuration section: unknown keys, NaN and inf are errors, and a
+    loaded configuration cannot change under the running station."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+    @classmethod
+    def default_of(cls, name: str) -> Any:
+        """The default of field ``name``: code that needs it reads it here, so a default is
+        written once, in the model."""
+        field = cls.model_fields.get(name)
+        if field is None or field.is_required():
+            raise KeyError(f"{cls.__name__}.{name} has no default")
+        return field.get_default(call_default_factory=True)
 
 
-class Address(_Model):
+def reveal(secret: SecretStr | None) -> str:
+    """The text of a configured secret, for the one place that must send it (MQTT login,
+    OCPP Basic auth, the device model's write-only password); "" when unset. Everywhere else
+    the ``SecretStr`` prints as ``**********``."""
+    return "" if secret is None else secret.get_secret_value()
+
+
+# ------------------------------------------------------------------------- [mqtt] section
+class TlsConfig(ConfigModel):
+    """TLS towards the broker; client certificate optional (``cert_file`` + ``key_file``)."""
+
+    ca_file: str | None = None  # None: the system trust store
+    cert_file: str | None = None
+    key_file: str | None = None
+    insecure: bool = False  # skip host name verification (test rigs only)
+
+    @model_validator(mode="after")
+    def _pair(self) -> TlsConfig:
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("tls.cert_file and tls.key_file must be given together")
+        return self
+
+
+class TopicsConfig(ConfigModel):
+    """Topic names; ``{station_id}`` is replaced by the station's id."""
+
+    grid_limit: str = "mwc/{station_id}/grid/limit"
+    site_limit: str | None = None  # a site-wide limit topic shared by stations; off by default
+    status: str = "mwc/{station_id}/status"
+    telemetry: str = "mwc/{station_id}/telemetry"
+    events: str = "mwc/{station_id}/events"
+
+    @model_validator(mode="after")
+    def _no_wildcards(self) -> TopicsConfig:
+        for name, topic in self.model_dump().items():
+            if topic is not None and (not topic or "+" in topic or "#" in topic):
+                raise ValueError(f"topics.{name} = {topic!r}: expected a topic name without "
+                                 "wildcards (+, #)")
+        return self
+
+
+class MqttConfig(ConfigModel):
+    """The ``[mqtt]`` section. The grid fallback lives in ``[station] fallback_grid_kw``."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=1883, ge=1, le=65535)
+    tls: TlsConfig | None = None
+    username: str | None = None
+    password: SecretStr | None = None
+    client_id: str | None = None  # default "mwc-<station_id>"
+    keepalive_s: int = Field(default=15, ge=1, le=65535)
+    timeout_s: float = Field(default=5.0, gt=0)  # connect, subscribe, QoS 1 publish
+    reconnect_min_s: float = Field(default=0.5, gt=0)
+    reconnect_max_s: float = Field(default=30.0, gt=0)
+    topics: TopicsConfig = TopicsConfig()
+    telemetry_period_s: float = Field(default=1.0, gt=0)
+    telemetry_queue: int = Field(default=4, ge=1)
+    event_queue: int = Field(default=10_000, ge=1, le=1_000_000)
+    recent_ids: int = Field(default=256, ge=1, le=100_000)  # ids kept per topic (duplicates)
+    max_valid_for_s: float = Field(default=86_400.0, gt=0)
+    max_clock_skew_s: float = Field(default=5.0, ge=0)  # how far issued_at may be ahead
+    max_payload_bytes: int = Field(default=4096, ge=64)
+
+    @model_validator(mode="after")
+    def _backoff_order(self) -> MqttConfig:
+        if self.reconnect_max_s < self.reconnect_min_s:
+            raise ValueError("reconnect_max_s must be >= reconnect_min_s")
+        return self
+
+    def topic(self, name: str, station_id: str) -> str:
+        """A configured topic with ``{station_id}`` filled in."""
+        template: str | None = getattr(self.topics, name)
+        if template is None:
+            raise KeyError(f"topic {name!r} is not configured")
+        return template.replace("{station_id}", station_id)
+
+    def safe_dump(self) -> dict[str, Any]:
+        """The configuration for logs: the password masked by SecretStr."""
+        return self.model_dump(mode="json")
+
+
+class Address(ConfigModel):
     """Where one Modbus device answers."""
 
     host: str = "127.0.0.1"
@@ -49,7 +141,7 @@ class Address(_Model):
         return DeviceEndpoint(self.host, self.port, self.unit)
 
 
-class GunConfig(_Model):
+class GunConfig(ConfigModel):
     """One gun: its cable, its voltage range, its connector and its meter."""
 
     cable_rating_a: float = Field(gt=0, le=4000)
@@ -61,12 +153,17 @@ class GunConfig(_Model):
     vehicle: Address | None = None
 
 
-class ModulesConfig(_Model):
+class ModulesConfig(ConfigModel):
     """The pool of DC power modules."""
 
     count: int = Field(ge=1, le=512)
     rated_power_w: float = Field(default=40_000.0, gt=0)
     rated_current_a: float = Field(default=100.0, gt=0)
+    #: How long a module's output needs to follow a lower setpoint (settled within 1 %): the
+    #: safety monitor's grace after a lowered limit and the delay of the confirmation cycle
+    #: after a woken one (docs/performance.md, "Peak shaving"). 60 ms: 5 time constants of
+    #: the simulator's 10 ms module plus its 5 ms physics tick; take a real module's datasheet.
+    response_ms: float = Field(default=60.0, gt=0, le=2000)
     addresses: list[Address] | None = None  # default: from [hardware]
 
     @model_validator(mode="after")
@@ -77,14 +174,14 @@ class ModulesConfig(_Model):
         return self
 
 
-class MatrixConfig(_Model):
+class MatrixConfig(ConfigModel):
     """The contactor matrix; ``reach[m]`` lists the guns module m can be switched to."""
 
     address: Address | None = None  # default: from [hardware]
     reach: list[list[int]] | None = None  # default: every module reaches every gun
 
 
-class HardwareLayout(_Model):
+class HardwareLayout(ConfigModel):
     """How device addresses are derived when not listed one by one."""
 
     #: power_unit: one power-unit controller in front of every module (docs/modbus-map.md,
@@ -102,9 +199,13 @@ class HardwareLayout(_Model):
     #: power_unit layout: parallel connections to the unit (requests in flight together);
     #: 0: one per request of a poll (5 at 48 modules, 9 at 96), at most 8.
     power_unit_connections: int = Field(default=0, ge=0, le=16)
+    #: One-device-per-module layouts: poll each module with one read/write-multiple-registers
+    #: request (function 23) that echoes its setpoint; "auto" falls back to function 4 for a
+    #: module that refuses it (docs/modbus-map.md, "Function 23").
+    module_read_write: Literal["auto", "fc23", "fc4"] = "auto"
 
 
-class StationSection(_Model):
+class StationSection(ConfigModel):
     """Station-wide settings and control-cycle tuning."""
 
     id: str = Field(min_length=1)
@@ -147,7 +248,7 @@ class StationSection(_Model):
         return self
 
 
-class ControlConfig(_Model):
+class ControlConfig(ConfigModel):
     """The local control socket of `mwc run` (``controller/control_socket.py``): how
     `mwc clear-fault` on the cabinet PC reaches the running controller. File permissions
     (0660, the service's user and group) are its access control."""
@@ -156,16 +257,16 @@ class ControlConfig(_Model):
     socket: str = Field(default="/run/mwcharge/control.sock", min_length=1)
 
 
-class MetricsConfig(_Model):
+class MetricsConfig(ConfigModel):
     """The Prometheus endpoint (``controller/metrics.py``): off by default, loopback only
     unless an integrator binds it elsewhere on purpose."""
 
     enabled: bool = False
     host: str = "127.0.0.1"
-    port: int = Field(default=9464, ge=1, le=65535)
+    port: int = Field(default=9464, ge=0, le=65535)  # 0: a free port (tests; logged)
 
 
-class WebviewConfig(_Model):
+class WebviewConfig(ConfigModel):
     """The live view (``controller/webview.py``): off by default; loopback unless an
     integrator opens it to the LAN, and then only with TLS and a bearer token."""
 
@@ -189,7 +290,7 @@ class WebviewConfig(_Model):
         return self
 
 
-class StationConfig(_Model):
+class StationConfig(ConfigModel):
     """The whole configuration file."""
 
     station: StationSection
@@ -261,7 +362,8 @@ class StationConfig(_Model):
         h = self.hardware
         return LinkSettings(timeout_s=h.timeout_ms / 1000.0,
                             poll_budget_s=h.poll_budget_ms / 1000.0, max_missed=h.max_missed,
-                            heartbeat_stale_polls=h.heartbeat_stale_polls)
+                            heartbeat_stale_polls=h.heartbeat_stale_polls,
+                            module_read_write=h.module_read_write)
 
     def hardware_config(self) -> HardwareConfig | PowerUnitConfig:
         """Driver configuration: explicit addresses where given, else the [hardware] layout."""

@@ -15,8 +15,17 @@ from dataclasses import dataclass, field
 import numpy as np
 import numpy.typing as npt
 
-from controller.config import StationConfig
-from controller.limits import STATION, Effective, Limit, LimitBook, combine, gun
+from controller.config import StationConfig, StationSection
+from controller.limits import (
+    STATION,
+    Effective,
+    Limit,
+    LimitBook,
+    LimitKey,
+    combine,
+    gun,
+    install_grid_fallback,
+)
 from controller.records import CycleRecord
 from controller.session import GunSession, SessionEvent, SessionTiming
 from controller.vehicle import VehicleStatus
@@ -26,12 +35,9 @@ from power.modbus_map import ModuleStatus
 F8 = npt.NDArray[np.float64]
 I8 = npt.NDArray[np.int64]
 
-#: LimitBook keys the cycle itself maintains (others, e.g. "ocpp", are set from outside).
-KEY_STATION_MAX = "station_max"
-KEY_GRID = "grid"
-KEY_CABLE = "cable"
-KEY_EV_MAX = "ev_max"
-KEY_EV_REQUEST = "ev_request"
+#: LimitBook keys the cycle itself maintains (others, e.g. OCPP, are set from outside).
+CYCLE_KEYS = frozenset({LimitKey.STATION_MAX, LimitKey.CABLE, LimitKey.EV_MAX,
+                        LimitKey.EV_REQUEST})
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,10 +51,11 @@ class StationParams:
     module_rated_a: F8
     gun_max_voltage_v: tuple[float, ...]
     weights: F8
-    ramp_a_per_s: float = 1000.0
-    switch_threshold_a: float = 5.0
-    precharge_current_a: float = 2.0
-    vehicle_timeout_s: float = 1.0
+    # Defaults are the configuration model's (written once, there).
+    ramp_a_per_s: float = StationSection.default_of("ramp_a_per_s")
+    switch_threshold_a: float = StationSection.default_of("switch_threshold_a")
+    precharge_current_a: float = StationSection.default_of("precharge_current_a")
+    vehicle_timeout_s: float = StationSection.default_of("vehicle_timeout_s")
     cycle_s: float = 0.1
     watchdog_s: float = 0.5  # module watchdog (inf when disabled)
     timing: SessionTiming = field(default_factory=SessionTiming)
@@ -80,14 +87,14 @@ class StationParams:
 def install_static_limits(book: LimitBook, cfg: StationConfig) -> None:
     """The configuration's limits: station maximum, grid fallback, cable ratings, and
     zero fallbacks for the vehicle keys (a silent vehicle gets no current)."""
-    book.set(STATION, KEY_STATION_MAX,
-             Limit(cfg.station.max_kw * 1000.0, f"{KEY_STATION_MAX}:config"))
-    book.set_fallback(STATION, KEY_GRID,
-                      Limit(cfg.station.fallback_grid_kw * 1000.0, f"{KEY_GRID}:fallback"))
+    K = LimitKey
+    book.set(STATION, K.STATION_MAX,
+             Limit(cfg.station.max_kw * 1000.0, f"{K.STATION_MAX}:config"))
+    install_grid_fallback(book, cfg.station.fallback_grid_kw * 1000.0, K.GRID)
     for g, gc in enumerate(cfg.guns):
-        book.set(gun(g), KEY_CABLE, Limit(gc.cable_rating_a, f"{KEY_CABLE}:config"))
-        book.set_fallback(gun(g), KEY_EV_MAX, Limit(0.0, f"{KEY_EV_MAX}:fallback"))
-        book.set_fallback(gun(g), KEY_EV_REQUEST, Limit(0.0, f"{KEY_EV_REQUEST}:fallback"))
+        book.set(gun(g), K.CABLE, Limit(gc.cable_rating_a, f"{K.CABLE}:config"))
+        book.set_fallback(gun(g), K.EV_MAX, Limit(0.0, f"{K.EV_MAX}:fallback"))
+        book.set_fallback(gun(g), K.EV_REQUEST, Limit(0.0, f"{K.EV_REQUEST}:fallback"))
 
 
 def vehicle_limits(book: LimitBook, g: int, status: VehicleStatus, timeout_s: float) -> None:
@@ -97,14 +104,14 @@ def vehicle_limits(book: LimitBook, g: int, status: VehicleStatus, timeout_s: fl
     answering cannot keep current flowing: the zero fallback applies instead.
     """
     if not status.plugged:
-        book.clear(gun(g), KEY_EV_MAX)
-        book.clear(gun(g), KEY_EV_REQUEST)
+        book.clear(gun(g), LimitKey.EV_MAX)
+        book.clear(gun(g), LimitKey.EV_REQUEST)
         return
     t, exp = status.read_at, status.read_at + timeout_s
-    book.set(gun(g), KEY_EV_MAX,
-             Limit(_amps(status.ev_max_current_a), f"{KEY_EV_MAX}:vehicle", t, exp))
-    book.set(gun(g), KEY_EV_REQUEST,
-             Limit(_amps(status.request_a), f"{KEY_EV_REQUEST}:vehicle", t, exp))
+    book.set(gun(g), LimitKey.EV_MAX,
+             Limit(_amps(status.ev_max_current_a), f"{LimitKey.EV_MAX}:vehicle", t, exp))
+    book.set(gun(g), LimitKey.EV_REQUEST,
+             Limit(_amps(status.request_a), f"{LimitKey.EV_REQUEST}:vehicle", t, exp))
 
 
 def _amps(value: float) -> float:
@@ -127,7 +134,7 @@ def gun_limits(book: LimitBook, g: int, now: float) -> GunLimits:
     request = 0.0
     others: list[Limit] = []
     for lim in book.in_force(gun(g), now):
-        if lim.source.startswith(KEY_EV_REQUEST):
+        if lim.key is LimitKey.EV_REQUEST:
             request = lim.value
         else:
             others.append(lim)

@@ -34,7 +34,7 @@ from controller.cycle import (
     gun_limits,
     module_view,
 )
-from controller.limits import STATION
+from controller.limits import STATION, LimitKey
 from controller.records import CycleRecord, GunRecord, ModuleRecord
 from controller.session import (
     ENERGY_STATES,
@@ -322,7 +322,7 @@ def _binding_source(b: int, g: int, glims: list[GunLimits], st_source: str,
     if b == Binding.GUN_MAX:
         return "precharge" if s.state is GunState.PRECHARGE else str(glims[g].max_binding.source)
     if b == Binding.REQUEST:
-        return "precharge" if s.state is GunState.PRECHARGE else "ev_request"
+        return "precharge" if s.state is GunState.PRECHARGE else LimitKey.EV_REQUEST.value
     if b in (Binding.POOL, Binding.DRAINING):
         return "pool"
     return "none"

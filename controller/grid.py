@@ -23,18 +23,17 @@ import math
 import re
 import time
 from collections import OrderedDict
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from controller import logs
-from controller.limits import STATION, Limit, LimitBook
-from controller.mqtt import EventSink, MqttConfig, MqttConnection
+from controller.clock import Monotonic, WallSeconds
+from controller.config import MqttConfig
+from controller.limits import STATION, Limit, LimitBook, LimitKey, install_grid_fallback
+from controller.mqtt import EventSink, MqttConnection
 
-Clock = Callable[[], float]
-
-KEY = "grid"
-SITE_KEY = "grid_site"
+KEY = LimitKey.GRID
+SITE_KEY = LimitKey.GRID_SITE
 
 _REQUIRED = ("id", "limit_kw", "valid_for_s", "issued_at", "source")
 _OPTIONAL = ("storage_kw", "site_load_kw")
@@ -264,8 +263,8 @@ class GridLimitSource:
     """
 
     def __init__(self, book: LimitBook, connection: MqttConnection, *, fallback_w: float,
-                 events: EventSink | None = None, mono: Clock = time.monotonic,
-                 wall: Clock = time.time) -> None:
+                 events: EventSink | None = None, mono: Monotonic = time.monotonic,
+                 wall: WallSeconds = time.time) -> None:
         cfg = connection.config
         self.book = book
         self.events = events
@@ -273,7 +272,7 @@ class GridLimitSource:
         self._mono = mono
         self._wall = wall
         self._log = logs.get_logger("mwc.grid", station_id=connection.station_id)
-        self.topics: dict[str, str] = {cfg.topic("grid_limit", connection.station_id): KEY}
+        self.topics: dict[str, LimitKey] = {cfg.topic("grid_limit", connection.station_id): KEY}
         if cfg.topics.site_limit is not None:
             self.topics[cfg.topic("site_limit", connection.station_id)] = SITE_KEY
         self.recent = {key: RecentIds(cfg.recent_ids) for key in self.topics.values()}
@@ -281,9 +280,7 @@ class GridLimitSource:
         self.rejected = 0
         self._reported_expiry: dict[str, float] = {}
         for key in self.topics.values():
-            book.set_fallback(STATION, key, Limit(
-                value=fallback_w, source=f"{key}:fallback",
-                detail=f"no valid {key} limit: configured fallback {fallback_w / 1000:g} kW"))
+            install_grid_fallback(book, fallback_w, key)
         for topic in self.topics:
             connection.subscribe(topic, self.handle, qos=1)
 
@@ -323,7 +320,7 @@ class GridLimitSource:
     def check_expiry(self) -> list[str]:
         """Report each grid limit that has run out since the last check (once per limit)."""
         now = self._mono()
-        expired = []
+        expired: list[str] = []
         for key in self.topics.values():
             lim = self.book.get(STATION, key)
             if lim is None or lim.expires_at is None or lim.active(now):

@@ -12,14 +12,14 @@ and one line when everything answers again.
 
 from __future__ import annotations
 
+import datetime as dt
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from controller.clock import Monotonic
 from power.modbus_driver import HardwareSnapshot
-
-Clock = Callable[[], float]
 
 
 @dataclass(slots=True)
@@ -32,7 +32,7 @@ class _Window:
 class DeviceErrorFolder:
     """One log line per device per interval (see the module docstring)."""
 
-    def __init__(self, log: Any, interval_s: float = 10.0, clock: Clock = time.monotonic
+    def __init__(self, log: Any, interval_s: float = 10.0, clock: Monotonic = time.monotonic
                  ) -> None:
         self.log = log
         self.interval_s = interval_s
@@ -71,12 +71,12 @@ class DeviceErrorFolder:
 class HardwareSummary:
     """One station summary line per interval while devices are unreachable."""
 
-    def __init__(self, log: Any, interval_s: float = 10.0, clock: Clock = time.monotonic,
-                 wall: Callable[[], str] | None = None) -> None:
+    def __init__(self, log: Any, interval_s: float = 10.0, clock: Monotonic = time.monotonic,
+                 wall: Callable[[], dt.datetime] | None = None) -> None:
         self.log = log
         self.interval_s = interval_s
         self.clock = clock
-        self.wall = wall or (lambda: time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+        self.wall = wall or (lambda: dt.datetime.now(dt.UTC))
         self._since: dict[str, str] = {}  # kind → wall time it first went unreachable
         self._next = -float("inf")
         self.last_line = ""
@@ -91,7 +91,8 @@ class HardwareSummary:
         was_down = bool(self._since)
         for kind, (n, _total) in down.items():
             if n and kind not in self._since:
-                self._since[kind] = self.wall()
+                self._since[kind] = self.wall().astimezone(dt.UTC).strftime(
+                    "%Y-%m-%dT%H:%M:%SZ")
             elif not n:
                 self._since.pop(kind, None)
         if not self._since:

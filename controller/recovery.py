@@ -22,6 +22,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+from controller.config import StationSection
 from power.modbus_driver import HardwareSnapshot
 
 
@@ -31,7 +32,7 @@ class CommRecovery:
 
     modules: int
     guns: int
-    threshold_a: float = 5.0
+    threshold_a: float = StationSection.default_of("switch_threshold_a")
     window_s: float = 6.0  # a gun fault this soon after its devices were silent: comm-caused
     needs_arm: set[int] = field(default_factory=set)
     comm_faults: dict[int, str] = field(default_factory=dict)  # gun → the fault's reason

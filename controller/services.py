@@ -21,6 +21,7 @@ from controller.station import Station
 if TYPE_CHECKING:
     from controller.metrics import MetricsExporter
     from controller.mqtt import MqttConnection
+    from controller.ocpp.ports import OcppClientPort, StationPort
 
 #: How long the OCPP client gets to close its connection cleanly (close frame, the running
 #: call answered) when the services stop, before its task is cancelled.
@@ -66,44 +67,37 @@ async def _guard(name: str, coro: Coroutine[Any, Any, None]) -> None:
         log.exception("service_failed")
 
 
-def ocpp_service(station: Station, cfg: StationConfig) -> Any:
-    """The OCPP client (2.0.1 or 1.6J by ``ocpp.version``) attached to ``station`` (observer
-    + authorizer); None when off. Both expose attach/run/stop/close, ``on_reset``, ``online``
-    and ``queue`` (the persistent offline queue).
+def ocpp_service(station: StationPort, cfg: StationConfig) -> OcppClientPort | None:
+    """The OCPP client (2.0.1 or 1.6J by ``ocpp.version``, built by
+    :func:`controller.ocpp.factory.build_client`) attached to ``station`` (observer +
+    authorizer); None when off.
 
     Must be attached before the station runs, so no session starts unobserved.
     """
-    if cfg.ocpp is None:
-        return None
-    svc: Any
-    if cfg.ocpp.version == "1.6":
-        from controller.ocpp16.service import Ocpp16Service
+    from controller.ocpp.factory import build_client
 
-        svc = Ocpp16Service(cfg.ocpp, cfg)
-    else:
-        from controller.ocpp.service import OcppService
-
-        svc = OcppService(cfg.ocpp, cfg)
-    svc.attach(station)
+    svc = build_client(cfg)
+    if svc is not None:
+        svc.attach(station)
     return svc
 
 
-def watch_backend_secrets(ocpp: Any, station_id: str) -> None:
+def watch_backend_secrets(ocpp: OcppClientPort, station_id: str) -> None:
     """Keep a password the backend stores out of the logs: the one persisted from an earlier
-    run now, and every new one (2.0.1 SetVariables BasicAuthPassword in the device model
-    ``dm``, 1.6 ChangeConfiguration AuthorizationKey in ``keys``) the moment it is written."""
-    user = getattr(ocpp, "station_id", station_id)
-    with contextlib.suppress(Exception):
+    run now, and every new one (2.0.1 SetVariables BasicAuthPassword, 1.6
+    ChangeConfiguration AuthorizationKey) the moment it is written."""
+    user = ocpp.station_id or station_id
+    try:
         logs.add_secret(ocpp.link_password(), user=user)
+    except Exception as exc:  # the redaction of later writes below still applies
+        logs.get_logger("controller.services", station=station_id).error(
+            "stored OCPP password not read: it may appear in logs", error=repr(exc)[:200])
 
-    def changed(var: Any, value: str) -> None:
-        if getattr(var, "name", "") in ("BasicAuthPassword", "AuthorizationKey"):
+    def changed(name: str, value: str) -> None:
+        if name in ("BasicAuthPassword", "AuthorizationKey"):
             logs.add_secret(value, user=user)
 
-    for store in (getattr(ocpp, "dm", None), getattr(ocpp, "keys", None)):
-        hooks = getattr(store, "on_change", None)
-        if isinstance(hooks, list):
-            hooks.insert(0, changed)  # first: before any other hook could log the value
+    ocpp.on_setting_change(changed, first=True)  # before any other hook could log the value
 
 
 async def start_metrics(station: Station, cfg: StationConfig) -> MetricsExporter | None:

@@ -26,6 +26,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, replace
 
+from controller.config import StationSection
 from controller.vehicle import VehicleStatus
 
 
@@ -77,14 +78,17 @@ class StopReason(enum.StrEnum):
 class SessionTiming:
     """The configured times and thresholds the state machine uses."""
 
-    cable_check_s: float = 0.5
-    precharge_tolerance_v: float = 20.0
-    precharge_timeout_s: float = 10.0
-    finishing_timeout_s: float = 5.0
-    suspend_after_s: float = 1.0
-    low_current_a: float = 5.0  # cable check and finishing: "current below"
-    free_charging: bool = True
-    vehicle_silence_s: float = 30.0  # link silent this long: the vehicle counts as gone
+    # Defaults are the configuration model's ([station], written once, there).
+    cable_check_s: float = StationSection.default_of("cable_check_s")
+    precharge_tolerance_v: float = StationSection.default_of("precharge_tolerance_v")
+    precharge_timeout_s: float = StationSection.default_of("precharge_timeout_s")
+    finishing_timeout_s: float = StationSection.default_of("finishing_timeout_s")
+    suspend_after_s: float = StationSection.default_of("suspend_after_s")
+    #: cable check and finishing: "current below" (the switch threshold)
+    low_current_a: float = StationSection.default_of("switch_threshold_a")
+    free_charging: bool = StationSection.default_of("free_charging")
+    #: link silent this long: the vehicle counts as gone
+    vehicle_silence_s: float = StationSection.default_of("vehicle_silence_s")
 
 
 #: Reason of the pause while the vehicle link is silent (SuspendedEVSE), and of the resume.

@@ -24,7 +24,6 @@ import json
 import math
 import time
 from collections import deque
-from collections.abc import Callable
 from dataclasses import fields as dataclass_fields
 from dataclasses import is_dataclass
 from typing import Any
@@ -32,10 +31,9 @@ from typing import Any
 import aiomqtt
 
 from controller import logs
+from controller.clock import WallSeconds
 from controller.mqtt import MqttConnection, NotConnected, raise_if_cancelling, rfc3339
 from controller.records import CycleRecord, GunRecord, ModuleRecord
-
-Clock = Callable[[], float]
 
 #: Station session event kinds as the events topic names them.
 _SESSION_KINDS = {"charging_started": "session_started", "charging_stopped": "session_stopped",
@@ -104,7 +102,7 @@ class TelemetryPublisher:
     Satisfies ``controller.mqtt.EventSink``, so the grid source reports through it.
     """
 
-    def __init__(self, connection: MqttConnection, *, wall: Clock = time.time) -> None:
+    def __init__(self, connection: MqttConnection, *, wall: WallSeconds = time.time) -> None:
         cfg = connection.config
         self.connection = connection
         self.period_s = cfg.telemetry_period_s

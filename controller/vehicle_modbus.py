@@ -56,6 +56,9 @@ from power.secc_map import (
 #: most this often (s): after an SECC / bridge restart the truck waits for it.
 RESTART_EVERY_S = 1.0
 
+#: How long close() waits for the polling task to end after cancelling it.
+CLOSE_WAIT_S = 2.0
+
 
 class ModbusVehicleLink:
     """One gun's ``VehicleLink`` to an SECC bridge over Modbus TCP (see the module doc)."""
@@ -124,8 +127,10 @@ class ModbusVehicleLink:
         task, self._task = self._task, None
         if task is not None:
             task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            # bounded: a poll stuck inside the Modbus library must not hold up the stop
+            await asyncio.wait([task], timeout=CLOSE_WAIT_S)
+            if task.done() and not task.cancelled():
+                task.exception()  # retrieved; the link is closing anyway
         if self._reading is not None and self._reading.energy_transfer:
             self._command = SeccCommand.STOP
         if self._command is SeccCommand.STOP and self.link.connected:

@@ -15,7 +15,7 @@ import math
 from collections import deque
 from typing import TYPE_CHECKING, Any
 
-from controller.limits import STATION, Limit, gun
+from controller.limits import STATION, Limit, LimitKey, gun
 from controller.records import CycleRecord, GunRecord
 from controller.session import ENERGY_STATES, GunState, SessionEvent
 from controller.station import CycleEvent
@@ -155,8 +155,8 @@ class LiveState:
 
     def _gun(self, g: GunRecord, now: float) -> dict[str, Any]:
         lims = self.station.limits.in_force(gun(g.gun), now)
-        request = next((lim for lim in lims if lim.source.startswith("ev_request")), None)
-        ev_max = next((lim for lim in lims if lim.source.startswith("ev_max")), None)
+        request = next((lim for lim in lims if lim.key is LimitKey.EV_REQUEST), None)
+        ev_max = next((lim for lim in lims if lim.key is LimitKey.EV_MAX), None)
         bound = _find(lims, g.binding_source)
         if g.binding == "STATION":
             bound = _find(self.station.limits.in_force(STATION, now), g.binding_source)

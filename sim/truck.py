@@ -21,12 +21,10 @@ Time comes from the injected clock only through ``read_at``; energy integrates o
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 
+from controller.clock import Monotonic
 from controller.vehicle import VehicleStatus
-
-Clock = Callable[[], float]
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,7 +81,8 @@ PRESETS: dict[str, TruckParams] = {
 class TruckSim:
     """A truck at a gun: ``GunLoad`` for the module simulator, ``VehicleLink`` for the station."""
 
-    def __init__(self, params: TruckParams | None = None, clock: Clock = time.monotonic) -> None:
+    def __init__(self, params: TruckParams | None = None,
+                 clock: Monotonic = time.monotonic) -> None:
         self.params = params or TruckParams()
         self._clock = clock
         self.soc_pct = self.params.start_soc_pct

@@ -10,7 +10,6 @@ import asyncio
 import base64
 import contextlib
 import datetime as dt
-import ipaddress
 import ssl
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -19,10 +18,7 @@ from typing import Any
 
 import httpx
 import websockets
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
+from helpers import Issued, certificate
 from ocpp.v16 import ChargePoint as Cp16
 from ocpp.v201 import ChargePoint as Cp201
 
@@ -113,9 +109,12 @@ class Pki:
 
     def client(self, cn: str, ca: bool = True) -> tuple[Path, Path]:
         """A client certificate for ``cn`` signed by the test CA (or self-signed)."""
-        return _issue(self.dir, cn, self._ca if ca else None, client=True)
+        issued = certificate(cn, self._ca if ca else None, client=True)
+        cert_path, key_path = self.dir / f"{cn}.crt", self.dir / f"{cn}.key"
+        issued.write(cert_path, key_path)
+        return cert_path, key_path
 
-    _ca: tuple[x509.Certificate, ec.EllipticCurvePrivateKey] | None = None
+    _ca: Issued | None = None
 
     def client_context(self, cn: str | None, ca: bool = True) -> ssl.SSLContext:
         ctx = ssl.create_default_context(cafile=str(self.ca_cert))
@@ -125,48 +124,13 @@ class Pki:
         return ctx
 
 
-def _name(cn: str) -> x509.Name:
-    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
-
-
-def _issue(directory: Path, cn: str,
-           issuer: tuple[x509.Certificate, ec.EllipticCurvePrivateKey] | None, *,
-           client: bool = False, server: bool = False) -> tuple[Path, Path]:
-    key = ec.generate_private_key(ec.SECP256R1())
-    start = dt.datetime.now(dt.UTC) - dt.timedelta(minutes=5)
-    builder = (x509.CertificateBuilder().subject_name(_name(cn))
-               .issuer_name(issuer[0].subject if issuer else _name(cn))
-               .public_key(key.public_key()).serial_number(x509.random_serial_number())
-               .not_valid_before(start).not_valid_after(start + dt.timedelta(days=2)))
-    if server:
-        builder = builder.add_extension(x509.SubjectAlternativeName([
-            x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
-            critical=False)
-    if client:
-        builder = builder.add_extension(
-            x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
-    cert = builder.sign(issuer[1] if issuer else key, hashes.SHA256())
-    cert_path, key_path = directory / f"{cn}.crt", directory / f"{cn}.key"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM,
-                                           serialization.PrivateFormat.PKCS8,
-                                           serialization.NoEncryption()))
-    return cert_path, key_path
-
-
 def make_pki(directory: Path) -> Pki:
     directory.mkdir(parents=True, exist_ok=True)
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    start = dt.datetime.now(dt.UTC) - dt.timedelta(minutes=5)
-    ca = (x509.CertificateBuilder().subject_name(_name("mwcharge test CA"))
-          .issuer_name(_name("mwcharge test CA")).public_key(ca_key.public_key())
-          .serial_number(x509.random_serial_number()).not_valid_before(start)
-          .not_valid_after(start + dt.timedelta(days=2))
-          .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-          .sign(ca_key, hashes.SHA256()))
+    ca = certificate("mwcharge test CA", ca=True)
     ca_path = directory / "ca.crt"
-    ca_path.write_bytes(ca.public_bytes(serialization.Encoding.PEM))
-    cert, key = _issue(directory, "localhost", (ca, ca_key), server=True)
+    cert, key = directory / "localhost.crt", directory / "localhost.key"
+    ca.write(ca_path)
+    certificate("localhost", ca, server=True).write(cert, key)
     pki = Pki(ca_path, cert, key, directory)
-    pki._ca = (ca, ca_key)
+    pki._ca = ca
     return pki

@@ -3,6 +3,7 @@
 The simulator runs with ``realtime=False`` and the station on a simulated clock: a test calls
 ``rig.step()`` (one control cycle, then ``dt`` of simulated time) — deterministic, no sleeps.
 Trucks are ``sim.truck.TruckSim``: the gun's electrical load and its vehicle link at once.
+``SimClock`` is the package's (``controller.clock``); tests import it from here too.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
+from controller.clock import SimClock
 from controller.config import StationConfig, parse_config
 from controller.records import CycleRecord
 from controller.station import Station, StationEvent
@@ -24,16 +26,6 @@ from sim.truck import TruckParams, TruckSim
 
 TEST_LINK = LinkSettings(timeout_s=0.2, poll_budget_s=0.3, max_missed=2,
                          backoff_initial_s=0.01, backoff_max_s=0.05)
-
-
-class SimClock:
-    """The one clock of a test: station, drivers and trucks read it; ``Rig.step`` moves it."""
-
-    def __init__(self, t: float = 1000.0) -> None:
-        self.t = t
-
-    def __call__(self) -> float:
-        return self.t
 
 
 def config_data(modules: int = 8, guns: int = 2, **station: Any) -> dict[str, Any]:

@@ -9,6 +9,7 @@ bridges keep answering — the vehicle-link edge is issue 14's other half.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -20,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from helpers import eventually
 from pymodbus.client import AsyncModbusTcpClient
 
 from sim.layout import station_toml
@@ -124,8 +126,9 @@ async def rig(tmp_path: Path, station: dict[str, Any] | None = None, sections: s
         yield r
     finally:
         master.close()
-        await secc.stop()
-        await hw.stop()
+        for sim in (secc, hw):  # bounded: a stuck server shutdown must not hang the suite
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(sim.stop(), 10.0)
 
 
 async def controller(r: Rig) -> asyncio.subprocess.Process:
@@ -142,16 +145,8 @@ async def until(what: str, cond: Callable[[], Awaitable[bool] | bool], timeout: 
                 proc: asyncio.subprocess.Process | None = None) -> float:
     """Wait for ``cond``; returns the seconds it took (fails with ``what`` on timeout)."""
     t0 = time.monotonic()
-    while time.monotonic() - t0 < timeout:
-        got = cond()
-        if not isinstance(got, bool):
-            got = await got
-        if got:
-            return time.monotonic() - t0
-        if proc is not None and proc.returncode is not None:
-            raise AssertionError(f"controller exited ({proc.returncode}) waiting for {what}")
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"not reached in {timeout} s: {what}")
+    await eventually(cond, timeout, 0.05, what, proc=proc)
+    return time.monotonic() - t0
 
 
 async def end(proc: asyncio.subprocess.Process) -> None:

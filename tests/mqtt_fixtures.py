@@ -10,25 +10,23 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
-import ipaddress
 import json
 import os
 import shutil
 import socket
 import subprocess
 import time
-from collections.abc import AsyncIterator, Callable, Coroutine
+from collections.abc import AsyncIterator, Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import aiomqtt
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
+from helpers import certificate
+from helpers import eventually as eventually  # the shared one; tests import it from here
 
+from controller.clock import SimClock, iso_utc
 from controller.mqtt import MqttConfig, TlsConfig
 
 MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
@@ -54,63 +52,15 @@ class Pki:
     client_key: Path
 
 
-def _name(cn: str) -> x509.Name:
-    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
-
-
-def _write_key(path: Path, key: ec.EllipticCurvePrivateKey) -> None:
-    path.write_bytes(key.private_bytes(serialization.Encoding.PEM,
-                                       serialization.PrivateFormat.PKCS8,
-                                       serialization.NoEncryption()))
-
-
 def make_pki(directory: Path) -> Pki:
     """A test CA, a server certificate for 127.0.0.1/localhost and a client certificate."""
     directory.mkdir(parents=True, exist_ok=True)
-    now = dt.datetime.now(dt.UTC) - dt.timedelta(minutes=5)
-    later = now + dt.timedelta(days=2)
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca_cert = (x509.CertificateBuilder().subject_name(_name("mwc test CA"))
-               .issuer_name(_name("mwc test CA")).public_key(ca_key.public_key())
-               .serial_number(x509.random_serial_number()).not_valid_before(now)
-               .not_valid_after(later)
-               .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-               .add_extension(x509.KeyUsage(digital_signature=True, key_cert_sign=True,
-                                            crl_sign=True, content_commitment=False,
-                                            key_encipherment=False, data_encipherment=False,
-                                            key_agreement=False, encipher_only=False,
-                                            decipher_only=False), critical=True)
-               .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()),
-                              critical=False)
-               .sign(ca_key, hashes.SHA256()))
-
-    def leaf(cn: str, server: bool) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
-        key = ec.generate_private_key(ec.SECP256R1())
-        b = (x509.CertificateBuilder().subject_name(_name(cn)).issuer_name(ca_cert.subject)
-             .public_key(key.public_key()).serial_number(x509.random_serial_number())
-             .not_valid_before(now).not_valid_after(later)
-             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-             .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(
-                 ca_key.public_key()), critical=False))
-        if server:
-            b = b.add_extension(x509.SubjectAlternativeName([
-                x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
-                critical=False)
-            usage = x509.oid.ExtendedKeyUsageOID.SERVER_AUTH
-        else:
-            usage = x509.oid.ExtendedKeyUsageOID.CLIENT_AUTH
-        b = b.add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
-        return b.sign(ca_key, hashes.SHA256()), key
-
-    server, server_key = leaf("localhost", True)
-    client, client_key = leaf("station-ST1", False)
+    ca = certificate("mwc test CA", ca=True, key_usage=True)
     pki = Pki(directory / "ca.pem", directory / "server.pem", directory / "server.key",
               directory / "client.pem", directory / "client.key")
-    pki.ca.write_bytes(ca_cert.public_bytes(serialization.Encoding.PEM))
-    pki.server_cert.write_bytes(server.public_bytes(serialization.Encoding.PEM))
-    pki.client_cert.write_bytes(client.public_bytes(serialization.Encoding.PEM))
-    _write_key(pki.server_key, server_key)
-    _write_key(pki.client_key, client_key)
+    ca.write(pki.ca)
+    certificate("localhost", ca, server=True).write(pki.server_cert, pki.server_key)
+    certificate("station-ST1", ca, client=True).write(pki.client_cert, pki.client_key)
     return pki
 
 
@@ -216,26 +166,14 @@ def station_config(b: Mosquitto, **kw: Any) -> MqttConfig:
 
 
 # ---------------------------------------------------------------------------- clocks, tasks
-class Clocks:
-    """Injected monotonic and wall clocks that move only when told to."""
+class Clocks(SimClock):
+    """The package's simulated clock, started at these tests' wall and monotonic times."""
 
     def __init__(self, wall: float = 1_795_000_000.0, mono: float = 1000.0) -> None:
-        self.wall_t = wall
-        self.mono_t = mono
-
-    def wall(self) -> float:
-        return self.wall_t
-
-    def mono(self) -> float:
-        return self.mono_t
-
-    def advance(self, seconds: float) -> None:
-        self.wall_t += seconds
-        self.mono_t += seconds
+        super().__init__(mono, wall_start=wall)
 
     def iso(self, offset: float = 0.0) -> str:
-        t = dt.datetime.fromtimestamp(self.wall_t + offset, dt.UTC)
-        return t.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+        return iso_utc(self.wall() + dt.timedelta(seconds=offset))
 
 
 def limit_payload(clocks: Clocks, id: str, limit_kw: float, valid_for_s: float = 30.0,
@@ -258,18 +196,6 @@ async def tasks(*coros: Coroutine[Any, Any, Any]) -> AsyncIterator[list[asyncio.
         for t in running:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await t
-
-
-async def eventually(pred: Callable[[], Any], timeout: float = 5.0, step: float = 0.01) -> Any:
-    """Wait until ``pred()`` is truthy; returns its value or fails the test."""
-    deadline = asyncio.get_running_loop().time() + timeout
-    while True:
-        value = pred()
-        if value:
-            return value
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError(f"condition not met within {timeout} s")
-        await asyncio.sleep(step)
 
 
 # ---------------------------------------------------------------------------- a listener

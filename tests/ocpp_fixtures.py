@@ -62,7 +62,8 @@ class SimWall:
 
 @dataclass
 class FakeStation:
-    """Same surface as controller.station.Station for the OCPP service."""
+    """Same surface as controller.station.Station for the OCPP service (type-checks against
+    :class:`controller.ocpp.ports.StationPort`: ``mypy tests/ocpp_fixtures.py``)."""
 
     wall: SimWall
     guns: int = 2
@@ -74,7 +75,8 @@ class FakeStation:
     observers: list[Callable[[Any], None]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        self.sessions = [GunSession(g) for g in range(self.guns)]
+        self.sessions = tuple(GunSession(g) for g in range(self.guns))
+        self.cleared: list[int] = []
         self.energy = [0.0] * self.guns
         self.seq = 0
         self.last_record: Any = None
@@ -95,6 +97,9 @@ class FakeStation:
     def set_available(self, gun: int, ok: bool) -> None:
         self.available[gun] = ok
 
+    def clear_fault(self, gun: int) -> None:
+        self.cleared.append(gun)
+
     def emit(self, ev: Any) -> None:
         for cb in self.observers:
             cb(ev)
@@ -102,7 +107,8 @@ class FakeStation:
     def go(self, g: int, state: GunState, reason: str | None = None,
            token: str | None = "TRUCK-1") -> None:
         prev = self.sessions[g].state
-        self.sessions[g] = GunSession(g, state)
+        self.sessions = tuple(GunSession(g, state) if i == g else s
+                              for i, s in enumerate(self.sessions))
         self.emit(SessionEvent("state_changed", g, self.wall.mono, state, prev, reason, token))
 
     def event(self, kind: str, g: int, reason: str | None = None, token: str = "TRUCK-1",

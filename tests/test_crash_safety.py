@@ -26,6 +26,7 @@ from typing import Any
 
 import pytest
 from csms_fixtures import PASSWORD, add_token, make_config, provision
+from helpers import eventually
 
 from ocpp_server.app import CsmsServer
 from ocpp_server.repository import TxFilter
@@ -54,14 +55,7 @@ def _toml(sim: StationSimulator, csms_port: int, db: Path) -> str:
 
 async def _until(what: str, cond: Callable[[], Awaitable[bool]], timeout: float,
                  proc: asyncio.subprocess.Process | None = None) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if await cond():
-            return
-        if proc is not None and proc.returncode is not None:
-            raise AssertionError(f"controller exited ({proc.returncode}) waiting for {what}")
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"not reached in {timeout} s: {what}")
+    await eventually(cond, timeout, 0.05, what, proc=proc)
 
 
 async def _controller(config: Path, log: Path) -> asyncio.subprocess.Process:

@@ -17,6 +17,7 @@ import pytest
 import websockets
 from csms_fixtures import PASSWORD, add_token, api, make_config, now, provision, running_csms
 from csms_fixtures import station as connect
+from helpers import eventually
 from ocpp.routing import after, on
 from ocpp.v16 import ChargePoint as Cp16
 from ocpp.v16 import call as call16
@@ -99,10 +100,7 @@ async def booted(cp: Any) -> None:
 
 
 async def wait_for(predicate: Any, timeout: float = 10.0) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not await predicate():
-        assert asyncio.get_running_loop().time() < deadline, "condition not met in time"
-        await asyncio.sleep(0.05)
+    await eventually(predicate, timeout, 0.05)
 
 
 async def test_TC_F_01_CSMS_remote_start_without_token_in_started_records_requested_token(

@@ -6,6 +6,7 @@ import dataclasses
 import itertools
 
 from cycle_fixtures import rig, small_truck
+from helpers import eventually
 
 from controller.limits import STATION, Limit
 from controller.session import SessionEvent
@@ -179,7 +180,7 @@ async def test_run_loop_cycles_and_wakes_at_once_for_an_emergency_stop() -> None
         r.station.params = dataclasses.replace(r.station.params, cycle_s=0.05)
         stop = asyncio.Event()
         task = asyncio.create_task(r.station.run(stop))
-        await asyncio.sleep(0.3)
+        await eventually(lambda: r.station.seq >= 3, what="three cycles of run()")
         seq = r.station.seq
         assert seq >= 3
         r.station.emergency_stop("test")

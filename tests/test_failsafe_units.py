@@ -4,6 +4,7 @@ itself — the last against the real Modbus simulators on a simulated clock."""
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import math
 from typing import Any
@@ -11,6 +12,7 @@ from typing import Any
 import numpy as np
 from cycle_fixtures import make_config, rig, small_truck
 
+from controller.clock import SimClock
 from controller.cycle import StationParams, module_view
 from controller.logfold import DeviceErrorFolder, HardwareSummary
 from controller.logs import LibraryFold
@@ -168,15 +170,8 @@ class _Log:
     info = warning
 
 
-class _Clock:
-    t = 0.0
-
-    def __call__(self) -> float:
-        return self.t
-
-
 def test_device_errors_fold_to_one_line_per_device_per_interval() -> None:
-    log, clock = _Log(), _Clock()
+    log, clock = _Log(), SimClock(0.0)
     fold = DeviceErrorFolder(log, 10.0, clock)
     for _ in range(300):  # 30 s of 10 Hz cycles, 48 modules silent
         for m in range(48):
@@ -192,8 +187,8 @@ def test_device_errors_fold_to_one_line_per_device_per_interval() -> None:
 
 
 def test_station_summary_line() -> None:
-    log, clock = _Log(), _Clock()
-    summ = HardwareSummary(log, 10.0, clock, wall=lambda: "2026-01-01T00:00:00Z")
+    log, clock = _Log(), SimClock(0.0, wall_start=dt.datetime(2026, 1, 1, tzinfo=dt.UTC))
+    summ = HardwareSummary(log, 10.0, clock, wall=clock.wall)
     down = _snap([0.0] * M, [], mods_ok=False, matrix_ok=False)
     for _ in range(200):
         summ.update(down)

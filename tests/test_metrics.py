@@ -17,6 +17,7 @@ from typing import Any
 import httpx
 import pytest
 from cycle_fixtures import Rig, rig, small_truck
+from helpers import eventually
 from mqtt_fixtures import broker, free_port, needs_mosquitto, station_config
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -58,10 +59,7 @@ def named(got: Samples, name: str) -> dict[tuple[tuple[str, str], ...], float]:
 
 
 async def until(pred: Callable[[], Any], timeout: float = 15.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not await pred():
-        assert time.monotonic() < deadline, "condition not met"
-        await asyncio.sleep(0.05)
+    await eventually(pred, timeout, 0.05)
 
 
 def refused(port: int) -> bool:
@@ -72,7 +70,7 @@ def refused(port: int) -> bool:
 
 async def test_scrape_reports_the_last_cycle_record() -> None:
     async with rig([small_truck("A", target_soc_pct=95.0)], modules=4) as r:
-        exporter = MetricsExporter(r.station, MetricsConfig(enabled=True, port=free_port()))
+        exporter = MetricsExporter(r.station, MetricsConfig(enabled=True, port=0))
         await exporter.start()
         try:
             assert exporter.port is not None
@@ -164,8 +162,8 @@ async def test_metrics_are_off_by_default_and_open_no_socket() -> None:
         assert await start_metrics(r.station, off) is None
         stop = asyncio.Event()
         task = asyncio.create_task(run_services(r.station, off, stop))
-        await asyncio.sleep(0.3)  # the cycle runs, the endpoint does not exist
-        assert r.station.seq > 0 and refused(port)
+        await eventually(lambda: r.station.seq > 0, what="a cycle of run_services")
+        assert r.station.seq > 0 and refused(port)  # the cycle runs, the endpoint does not
         stop.set()
         await asyncio.wait_for(task, 10)
 

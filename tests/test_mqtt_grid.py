@@ -47,7 +47,7 @@ class Rig:
     ems: Listener
 
     def cap(self) -> tuple[float, str]:
-        eff = self.book.effective(STATION, self.clocks.mono())
+        eff = self.book.effective(STATION, self.clocks.monotonic())
         return eff.value, eff.binding.source
 
     async def send(self, payload: bytes, topic: str = LIMIT_TOPIC) -> None:
@@ -59,10 +59,10 @@ async def rig(b: Mosquitto, cfg: MqttConfig | None = None) -> AsyncIterator[Rig]
     clocks = Clocks()
     book = LimitBook()
     book.set(STATION, "station_max", Limit(1_440_000.0, "config:max_kw"))
-    conn = MqttConnection(cfg or station_config(b), "ST1", version="9.9.9", wall=clocks.wall)
-    telemetry = TelemetryPublisher(conn, wall=clocks.wall)
+    conn = MqttConnection(cfg or station_config(b), "ST1", version="9.9.9", wall=clocks.time)
+    telemetry = TelemetryPublisher(conn, wall=clocks.time)
     grid = GridLimitSource(book, conn, fallback_w=FALLBACK_W, events=telemetry,
-                           mono=clocks.mono, wall=clocks.wall)
+                           mono=clocks.monotonic, wall=clocks.time)
     async with Listener(b, EVENTS) as ems, tasks(conn.run(), telemetry.run()):
         await eventually(lambda: conn.connected)
         yield Rig(b, clocks, book, conn, telemetry, grid, ems)
@@ -192,8 +192,8 @@ async def test_tls_client_cert_and_password(tmp_path: Path) -> None:
         cfg = station_config(b, username="ST1", password="pw-ST1")
         clocks = Clocks()
         book = LimitBook()
-        conn = MqttConnection(cfg, "ST1", wall=clocks.wall)
-        grid = GridLimitSource(book, conn, fallback_w=0.0, mono=clocks.mono, wall=clocks.wall)
+        conn = MqttConnection(cfg, "ST1", wall=clocks.time)
+        grid = GridLimitSource(book, conn, fallback_w=0.0, mono=clocks.monotonic, wall=clocks.time)
         tls = {"tls_params": aiomqtt.TLSParameters(ca_certs=str(pki.ca),
                                                    certfile=str(pki.client_cert),
                                                    keyfile=str(pki.client_key)),
@@ -201,7 +201,7 @@ async def test_tls_client_cert_and_password(tmp_path: Path) -> None:
         async with tasks(conn.run()), Listener(b, EVENTS, **tls) as ems:
             await eventually(lambda: conn.connected)
             await ems.publish(LIMIT_TOPIC, limit_payload(clocks, "T1", 250))
-            await eventually(lambda: book.effective(STATION, clocks.mono()).value == 250_000.0)
+            await eventually(lambda: book.effective(STATION, clocks.monotonic()).value == 250_000.0)
             assert grid.accepted == 1
 
 

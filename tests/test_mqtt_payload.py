@@ -32,15 +32,15 @@ def body(clocks: Clocks, **kw: Any) -> dict[str, Any]:
 def run(clocks: Clocks, raw: bytes | dict[str, Any], recent: RecentIds | None = None
         ) -> Accepted | Rejected:
     data = raw if isinstance(raw, bytes) else json.dumps(raw).encode()
-    return evaluate(data, clocks.wall(), clocks.mono(), recent or RecentIds(), PayloadRules())
+    return evaluate(data, clocks.time(), clocks.monotonic(), recent or RecentIds(), PayloadRules())
 
 
 def test_accepted_limit_in_watts_with_source_detail_and_monotonic_expiry() -> None:
     c = Clocks()
     r = run(c, body(c, storage_kw=200, site_load_kw=50))
     assert isinstance(r, Accepted)
-    assert r.limit == Limit(value=750_000.0, source="grid:ems:L1", issued_at=c.mono(),
-                            expires_at=c.mono() + 30,
+    assert r.limit == Limit(value=750_000.0, source="grid:ems:L1", issued_at=c.monotonic(),
+                            expires_at=c.monotonic() + 30,
                             detail="limit 600 kW + storage 200 kW - site 50 kW")
 
 
@@ -50,14 +50,14 @@ def test_expiry_counts_from_issued_at_in_wall_time() -> None:
     c.advance(4)  # delivered 4 s after it was issued
     r = run(c, raw)
     assert isinstance(r, Accepted)
-    assert r.limit.expires_at == pytest.approx(c.mono() + 6)
+    assert r.limit.expires_at == pytest.approx(c.monotonic() + 6)
 
 
 def test_publisher_clock_ahead_gains_no_time_and_far_future_is_rejected() -> None:
     c = Clocks()
     r = run(c, body(c, issued_at=c.iso(3), valid_for_s=10))
     assert isinstance(r, Accepted)
-    assert r.limit.expires_at == pytest.approx(c.mono() + 10)
+    assert r.limit.expires_at == pytest.approx(c.monotonic() + 10)
     r = run(c, body(c, issued_at=c.iso(60)))
     assert isinstance(r, Rejected)
     assert r.field == "issued_at" and "in the future" in r.reason
@@ -78,13 +78,13 @@ def test_book_takes_min_with_station_max_and_falls_back_after_expiry() -> None:
     r = run(c, body(c, limit_kw=2000, valid_for_s=5))
     assert isinstance(r, Accepted)
     book.set(STATION, "grid", r.limit)
-    assert book.effective(STATION, c.mono()).binding.source == "config:max_kw"
+    assert book.effective(STATION, c.monotonic()).binding.source == "config:max_kw"
     r = run(c, body(c, id="L2", limit_kw=500, valid_for_s=5))
     assert isinstance(r, Accepted)
     book.set(STATION, "grid", r.limit)
-    assert book.effective(STATION, c.mono()).value == 500_000.0
+    assert book.effective(STATION, c.monotonic()).value == 500_000.0
     c.advance(5)
-    eff = book.effective(STATION, c.mono())
+    eff = book.effective(STATION, c.monotonic())
     assert (eff.value, eff.binding.source) == (100_000.0, "grid:fallback")
 
 
@@ -193,7 +193,7 @@ _fields = st.fixed_dictionaries({}, optional={
 @given(raw=st.binary(max_size=300) | _fields.map(lambda d: json.dumps(d).encode()))
 def test_any_input_gives_a_verdict_never_an_exception(raw: bytes) -> None:
     c = Clocks()
-    r = evaluate(raw, c.wall(), c.mono(), RecentIds())
+    r = evaluate(raw, c.time(), c.monotonic(), RecentIds())
     assert isinstance(r, Accepted | Rejected)
     if isinstance(r, Accepted):
         assert r.limit.value >= 0 and r.limit.expires_at is not None

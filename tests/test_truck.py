@@ -6,17 +6,10 @@ import itertools
 
 import pytest
 
+from controller.clock import SimClock
 from controller.vehicle import VehicleLink
 from sim.physics import GunLoad
 from sim.truck import PRESETS, TruckParams, TruckSim
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.t = 0.0
-
-    def __call__(self) -> float:
-        return self.t
 
 
 def test_truck_is_both_a_vehicle_link_and_a_gun_load() -> None:
@@ -74,7 +67,7 @@ def test_ocv_rises_monotonically_with_soc() -> None:
 
 
 def test_status_carries_the_clock_and_the_token() -> None:
-    clock = FakeClock()
+    clock = SimClock(0.0)
     truck = TruckSim(PRESETS["man_mcs"], clock=clock)
     truck.plug_in()
     clock.t = 12.5

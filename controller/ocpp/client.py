@@ -12,29 +12,66 @@ receive loop.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, TypeVar, cast
+from collections.abc import Awaitable
+from datetime import datetime
+from typing import Any, Protocol
 
-from ocpp import routing
 from ocpp.v201 import ChargePoint as _ChargePoint
 from ocpp.v201 import call_result
 
-from controller.ocpp.common import FrameGuard
-from controller.ocpp.transactions import iso
-
-if TYPE_CHECKING:
-    from controller.ocpp.service import OcppService
-
-
-F = TypeVar("F", bound=Callable[..., Any])
-
-
-def on(action: str) -> Callable[[F], F]:
-    return cast(Callable[[F], F], routing.on(action))
+from controller.ocpp.common import AuthCache, FrameGuard
+from controller.ocpp.device_model import DeviceModel
+from controller.ocpp.ports import Log, StationPort
+from controller.ocpp.queue import MessageQueue
+from controller.ocpp.smart_charging import Profiles
+from controller.ocpp.transactions import Transactions
+from controller.ocpp.wire import after, iso, on
 
 
-def after(action: str) -> Callable[[F], F]:
-    return cast(Callable[[F], F], routing.after(action))
+class Host201(Protocol):
+    """What the 2.0.1 handlers use of the client that outlives a websocket
+    (``OcppService``): declared here, so this module never imports the service."""
+
+    log: Log
+    dm: DeviceModel
+    tx: Transactions
+    queue: MessageQueue
+    boot_status: str | None
+    reset_pending: bool
+    guns: int
+    auth_cache: AuthCache
+    profiles: Profiles
+
+    @property
+    def attached(self) -> StationPort:
+        """The station (raises before ``attach``: the handler answers InternalError)."""
+
+    def wall(self) -> datetime: ...
+
+    def spawn(self, coro: Awaitable[object], *, connection: bool = False) -> object:
+        """Run a follow-up as an owned task (``connection``: ends with the websocket)."""
+
+    def apply_limits(self) -> None: ...
+
+    def change_availability(self, evse: int, operative: bool) -> str: ...
+
+    def local_limits(self, evse: int, horizon_s: float = 86_400.0
+                     ) -> tuple[tuple[float, str, datetime | None, datetime | None], ...]: ...
+
+    def find_profiles(self, crit: dict[str, Any], evse: int | None
+                      ) -> list[tuple[int, dict[str, Any]]]: ...
+
+    def remote_start(self, id_token: dict[str, Any], remote_id: int, evse_id: int | None,
+                     profile: dict[str, Any] | None) -> tuple[str, str, str | None]: ...
+
+    async def reset(self, immediate: bool) -> None: ...
+
+    async def send_report(self, request_id: int, base: str) -> None: ...
+
+    async def report_profiles(self, request_id: int, crit: dict[str, Any],
+                              evse: int | None) -> None: ...
+
+    async def triggered(self, what: str, g: int | None) -> None: ...
 
 
 def _info(reason: str, text: str = "") -> dict[str, str]:
@@ -45,7 +82,9 @@ def _info(reason: str, text: str = "") -> dict[str, str]:
 class OcppClient(FrameGuard, _ChargePoint):  # type: ignore[misc]
     """One websocket session's ChargePoint; ``svc`` holds all state that outlives it."""
 
-    def __init__(self, station_id: str, ws: Any, svc: OcppService, timeout: float) -> None:
+    svc: Host201
+
+    def __init__(self, station_id: str, ws: Any, svc: Host201, timeout: float) -> None:
         super().__init__(station_id, ws, response_timeout=timeout)
         self.svc = svc
 
@@ -131,7 +170,7 @@ class OcppClient(FrameGuard, _ChargePoint):  # type: ignore[misc]
                         ) -> call_result.RequestStopTransaction:
         for g, tx in self.svc.tx.open.items():
             if tx.tx_id == transaction_id:
-                self.svc.station.stop_charging(g, "Remote")
+                self.svc.attached.stop_charging(g, "Remote")
                 return call_result.RequestStopTransaction(status="Accepted")
         return call_result.RequestStopTransaction(
             status="Rejected", status_info=_info("TxNotFound", transaction_id))

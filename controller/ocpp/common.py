@@ -26,12 +26,14 @@ from ocpp.exceptions import OCPPError
 
 from controller import logs
 from controller.config import StationConfig
-from controller.ocpp import connection
+from controller.ocpp import connection, storage
+from controller.ocpp.availability import Availability
 from controller.ocpp.config import OcppConfig
 from controller.ocpp.frame_check import check_frame
+from controller.ocpp.ports import HasLog, Log, StationPort
 from controller.ocpp.queue import MessageQueue, Queued
-from controller.ocpp.transactions import iso
-from controller.operator import clear_gun_fault
+from controller.ocpp.station_common import STATION_END_WAIT_S
+from controller.ocpp.wire import iso
 
 #: How long an authorization waits for a connection attempt in progress (start-up, a
 #: reconnect) before the offline rules decide: a truck plugged in while the controller boots
@@ -69,15 +71,15 @@ class Link:
     db: sqlite3.Connection
     queue: MessageQueue
     tx: Any  # .open: dict[gun, transaction] of the version's transactions
-    station: Any
-    log: Any
+    station: StationPort | None
+    log: Log
     wall: Callable[[], datetime]
     online: bool
     cp: Any
     boot_status: str | None
-    availability: dict[int, bool]
     max_w: float
     gun_cfg: Any
+    on_reset: Callable[[], None] | None
     _unsubscribe: Callable[[], None] | None
 
     if TYPE_CHECKING:  # the version's station observer and authorizer (its station side)
@@ -93,11 +95,14 @@ class Link:
         self.max_w = station_config.station.max_kw * 1000.0
         self.gun_cfg = station_config.guns
         self.log = logs.get_logger(logger, station=self.station_id)
-        self.db = sqlite3.connect(cfg.database)
-        self.db.execute("PRAGMA journal_mode=WAL")
-        self.db.execute("PRAGMA synchronous=FULL")
+        self.db = storage.open_db(cfg.database)
 
-    def attach(self, station: Any) -> None:
+    @property
+    def availability(self) -> dict[int, bool]:
+        """Operative by EVSE / connector id (0: the station); missing: operative."""
+        return self.avail.states
+
+    def attach(self, station: StationPort) -> None:
         """Observe ``station`` and answer its authorization requests."""
         self.station = station
         self._unsubscribe = station.subscribe(self.on_event)
@@ -123,6 +128,9 @@ class Link:
         self._stop = asyncio.Event()
         self._booted = asyncio.Event()
         self._drop = asyncio.Event()  # end this connection now and reconnect at once
+        #: Set (and replaced) at every change a waiter may be waiting for: the link's state,
+        #: a queued message answered or dropped, a transaction ended (see :meth:`until`).
+        self._progress = asyncio.Event()
         self._sending = False  # the queue sender waits for an answer
         self._ws: Any = None
         #: Owned background tasks: ``_tasks`` outlive a connection (a Reset), ``_conn_tasks``
@@ -131,12 +139,8 @@ class Link:
         self._conn_tasks: set[asyncio.Task[Any]] = set()
         self._unsubscribe = None
         self.station = None
-        self.db.execute("CREATE TABLE IF NOT EXISTS availability (evse INTEGER PRIMARY KEY, "
-                        "operative INTEGER)")
-        self.db.commit()
         #: ChangeAvailability by EVSE / connector id (0: the station), persisted.
-        self.availability = {int(e): bool(o) for e, o in self.db.execute(
-            "SELECT evse, operative FROM availability")}
+        self.avail = Availability(self.db, self.guns, self)
 
     # ------------------------------------------------------------------ life cycle
     def stop(self) -> None:
@@ -181,6 +185,7 @@ class Link:
                                               self.link_ping())
             except Exception as exc:
                 self.connecting = False
+                self._pulse()
                 await self._tls_event(exc)
                 self.log.warning("connect failed", error=repr(exc)[:300])
             else:
@@ -193,6 +198,7 @@ class Link:
                 finally:
                     self.online = self.connecting = False
                     self.cp = None
+                    self._pulse()
                     with contextlib.suppress(Exception):
                         await ws.close()
             if self._stop.is_set():
@@ -219,12 +225,24 @@ class Link:
                 self._cert_reported = True
                 self.security_event(*found)
 
+    def _pulse(self) -> None:
+        """Wake everything waiting in :meth:`until` to check its condition again."""
+        ev, self._progress = self._progress, asyncio.Event()
+        ev.set()
+
+    async def until(self, done: Callable[[], bool], timeout: float) -> bool:
+        """Wait until ``done()`` holds, at most ``timeout`` s; it is checked again at every
+        :meth:`_pulse` (no polling). Returns ``done()``."""
+        async def settle() -> None:
+            while not done():
+                await self._progress.wait()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(settle(), timeout)
+        return done()
+
     async def wait_connected(self, timeout: float = CONNECT_GRACE_S) -> None:
         """Wait (at most ``timeout``) while a connection attempt is under way."""
-        loop = asyncio.get_running_loop()
-        end = loop.time() + timeout
-        while self.connecting and not self.online and loop.time() < end:
-            await asyncio.sleep(0.05)
+        await self.until(lambda: self.online or not self.connecting, timeout)
 
     async def _wait(self, seconds: float) -> None:
         with contextlib.suppress(TimeoutError):
@@ -235,15 +253,43 @@ class Link:
         at once, without back-off (a Reset of the OCPP side only)."""
         self._drop.set()
 
+    async def reset_transactions(self, why: str, wait: bool,
+                                 end_here: Callable[[int, str], None]) -> None:
+        """A Reset's first half, both versions: the station is asked to stop every open
+        transaction with ``why``; with ``wait`` it gets :data:`STATION_END_WAIT_S` to report
+        their ends (the regular end with its reading); what is still open is ended here."""
+        for g in list(self.tx.open):
+            if self.station is not None:
+                self.station.stop_charging(g, why)
+        if wait:
+            await self.until(lambda: not self.tx.open, STATION_END_WAIT_S)
+        for g in list(self.tx.open):
+            end_here(g, why)
+
+    async def restart_after_reset(self) -> None:
+        """A Reset's second half, both versions: deliver the queue and wait for the answers
+        (bounded: nothing is sent twice), forget the boot, then hand the restart to
+        ``on_reset`` (station and services restart); without an owner only the connection
+        restarts (close frame, reconnect at once)."""
+        if not await self.drain():
+            self.log.warning("Reset: queue not delivered in time, sent again after the restart",
+                             queued=len(self.queue))
+        self.boot_status = None
+        if self.on_reset is not None:
+            self.on_reset()
+            return
+        await self.end_connection()
+
     async def drain(self, timeout: float = DRAIN_TIMEOUT_S) -> bool:
         """Wait until the backend has answered every queued message (True), at most
         ``timeout`` s and only while online (False otherwise): a Reset delivers the Ended
         events over the old connection instead of repeating them after the restart."""
-        loop = asyncio.get_running_loop()
-        end = loop.time() + timeout
-        while len(self.queue) and self.online and loop.time() < end:
-            self.notify()
-            await asyncio.sleep(0.02)
+        def emptied() -> bool:
+            if len(self.queue) and self.online:
+                self.notify()  # the sender may be idle between two puts
+                return False
+            return True
+        await self.until(emptied, timeout)
         return not len(self.queue)
 
     async def _session(self, ws: Any) -> None:
@@ -254,6 +300,7 @@ class Link:
         self.cp = cp
         self._drop.clear()
         reader = self.spawn(cp.start(), connection=True)
+        reader.add_done_callback(lambda _: self._pulse())
         halt = self.spawn(_first(self._stop, self._drop), connection=True)
         try:
             boot = self.spawn(self._boot(cp), connection=True)
@@ -264,6 +311,7 @@ class Link:
                 return
             boot.result()
             self.online, self.connecting = True, False
+            self._pulse()
             await self.send_statuses(cp)
             workers = [self.spawn(self._heartbeat(cp), connection=True),
                        self.spawn(self._sender(cp), connection=True)]
@@ -274,12 +322,10 @@ class Link:
                     t.result()
         finally:
             self.online = False
+            self._pulse()
             # the message in flight gets its answer before the socket closes (bounded): a
             # clean stop or Reset repeats nothing
-            end = asyncio.get_running_loop().time() + DRAIN_TIMEOUT_S
-            while (self._sending and not reader.done()
-                   and asyncio.get_running_loop().time() < end):
-                await asyncio.sleep(0.02)
+            await self.until(lambda: not self._sending or reader.done(), DRAIN_TIMEOUT_S)
             tasks = list(self._conn_tasks)
             for t in tasks:
                 t.cancel()
@@ -358,12 +404,15 @@ class Link:
                     self.queue.done(msg.id)
                     self.log.error("message dropped", action=msg.action, attempts=tries,
                                    error=repr(exc)[:200])
+                    self._pulse()
                     continue
                 await self._wait(wait)
                 continue
             finally:
                 self._sending = False
+                self._pulse()
             self.delivered(msg, r)
+            self._pulse()
 
     async def _queued(self) -> None:
         ev = asyncio.Event()
@@ -392,30 +441,21 @@ class Link:
 
     # ------------------------------------------------------------------ availability
     def operative(self, g: int) -> bool:
-        return self.availability.get(0, True) and self.availability.get(g + 1, True)
+        return self.avail.operative(g)
 
     def change_availability(self, evse: int, operative: bool) -> str:
-        """Persist the EVSE's (0: the station's) state; a gun with a running transaction
-        keeps it and goes inoperative when it ends (``Scheduled``). Operative also
-        acknowledges a latched gun fault there (``controller.operator.clear_gun_fault``)."""
-        with self.db:
-            self.db.execute("INSERT OR REPLACE INTO availability VALUES (?, ?)",
-                            (evse, int(operative)))
-        self.availability[evse] = operative
-        guns = range(self.guns) if evse == 0 else [evse - 1]
-        busy = any(g in self.tx.open for g in guns)
-        for g in guns:
-            if operative and self.station is not None and self.operative(g):
-                # the operator's clear from the backend (docs/control-cycle.md)
-                clear_gun_fault(self.station, g, "ocpp")
-            self.apply_availability(g)
-        return "Scheduled" if busy and not operative else "Accepted"
+        """ChangeAvailability (see :meth:`Availability.change`)."""
+        return self.avail.change(evse, operative)
 
     def apply_availability(self, g: int) -> None:
         """Tell the station (a running transaction is never cut) and the backend."""
-        if self.station is None:
-            return
-        self.station.set_available(g, self.operative(g) or g in self.tx.open)
+        self.avail.apply(g)
+
+    def busy(self, g: int) -> bool:
+        """Gun ``g`` has a running transaction."""
+        return g in self.tx.open
+
+    def send_status(self, g: int) -> None:
         self._send_status(g)
 
     def _send_status(self, g: int) -> None:
@@ -477,7 +517,7 @@ class FrameGuard:
     dead receive loop when a handler fails. A bad response (type 3/4) is dropped and logged:
     the CALL it answers times out and is retried like any unanswered one."""
 
-    svc: Any
+    svc: HasLog
 
     async def route_message(self, raw_msg: str) -> None:
         msg, bad = check_frame(raw_msg)
@@ -522,9 +562,7 @@ class AuthCache:
     def __init__(self, db: sqlite3.Connection, wall: Callable[[], datetime],
                  enabled: Callable[[], bool], lifetime: Callable[[], float]) -> None:
         self.db, self.wall, self.enabled, self.lifetime = db, wall, enabled, lifetime
-        db.execute("CREATE TABLE IF NOT EXISTS auth_cache (token TEXT PRIMARY KEY, "
-                   "status TEXT, expires REAL)")
-        db.commit()
+        storage.migrate(db)
 
     def get(self, token: str) -> str | None:
         if not self.enabled():

@@ -17,6 +17,7 @@ from typing import Any
 
 from controller import logs
 from controller.config import StationConfig
+from controller.ocpp import storage
 from controller.ocpp.config import OcppConfig
 
 RO, RW, WO = "ReadOnly", "ReadWrite", "WriteOnly"
@@ -190,9 +191,7 @@ class DeviceModel:
         self.vars = {v.key: v for v in variables}
         self.dynamic = dynamic or {}
         self.on_change: list[Callable[[Var, str], None]] = []
-        db.execute("CREATE TABLE IF NOT EXISTS device_model (component TEXT, evse INTEGER, "
-                   "connector INTEGER, name TEXT, instance TEXT, value TEXT, "
-                   "PRIMARY KEY (component, evse, connector, name, instance))")
+        storage.migrate(db)
         self.values: dict[tuple[str, int | None, int | None, str, str | None], str] = {
             k: v.default for k, v in self.vars.items()}
         self._load()

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from controller import logs
+from controller.ocpp import storage
 
 _PERIODIC = ("MeterValuePeriodic", "MeterValueClock")
 
@@ -56,10 +57,7 @@ class MessageQueue:
         self.periodic = periodic or _periodic_201
         self.dropped = 0
         self.log = logs.get_logger("controller.ocpp.queue")
-        db.execute("CREATE TABLE IF NOT EXISTS queue (id INTEGER PRIMARY KEY AUTOINCREMENT, "
-                   "action TEXT NOT NULL, payload TEXT NOT NULL, periodic INTEGER NOT NULL, "
-                   "attempts INTEGER NOT NULL DEFAULT 0)")
-        db.commit()
+        storage.migrate(db)
 
     def __len__(self) -> int:
         row = self.db.execute("SELECT COUNT(*) FROM queue").fetchone()

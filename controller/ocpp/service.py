@@ -23,10 +23,13 @@ from controller.ocpp.client import OcppClient
 from controller.ocpp.common import AuthCache, Link, standard_retry
 from controller.ocpp.config import OcppConfig
 from controller.ocpp.device_model import DeviceModel, Var, default_vars
+from controller.ocpp.ports import ChangeHook
 from controller.ocpp.queue import MessageQueue, Queued
+from controller.ocpp.remote_start import RemoteStarts
 from controller.ocpp.smart_charging import Profiles
 from controller.ocpp.station_side import StationSide
-from controller.ocpp.transactions import Transactions, iso
+from controller.ocpp.transactions import Transactions
+from controller.ocpp.wire import iso, utc_now
 from controller.records import GunRecord
 
 #: A backend clock outside these is a broken backend, not a time to adopt.
@@ -34,15 +37,11 @@ MIN_SANE_TIME = datetime(1970, 1, 1, tzinfo=UTC)
 MAX_SANE_TIME = datetime(9000, 1, 1, tzinfo=UTC)
 
 
-def _utc() -> datetime:
-    return datetime.now(UTC)
-
-
 class OcppService(Link, StationSide):
     """The station's OCPP 2.0.1 side: connection, queue, transactions, profiles, model."""
 
     def __init__(self, cfg: OcppConfig, station_config: StationConfig, *,
-                 wall: Callable[[], datetime] = _utc) -> None:
+                 wall: Callable[[], datetime] = utc_now) -> None:
         self._local_wall = wall
         #: The backend's time minus ours (SettingSystemTime); OCPP timestamps use ``wall``.
         self.clock_offset = timedelta(0)
@@ -58,8 +57,6 @@ class OcppService(Link, StationSide):
         self.profiles = Profiles(self.db, self.guns, [g.max_voltage_v for g in self.gun_cfg],
                                  int(self.dm.num("SmartChargingCtrlr", "ProfileStackLevel")),
                                  int(self.dm.num("SmartChargingCtrlr", "PeriodsPerSchedule")))
-        self.db.execute("CREATE TABLE IF NOT EXISTS boot_reason (reason TEXT)")
-        self.db.commit()
         row = self.db.execute("SELECT reason FROM boot_reason").fetchone()
         self.boot_reason = str(row[0]) if row else "PowerUp"  # a Reset before this start
         self.reset_pending = False
@@ -67,11 +64,8 @@ class OcppService(Link, StationSide):
         #: restarts the station and its services. None: only the OCPP connection restarts.
         self.on_reset: Callable[[], None] | None = None
         self.last: list[GunRecord | None] = [None] * self.guns
-        self.remote: dict[int, tuple[dict[str, Any], int, dict[str, Any] | None]] = {}
-        self._remote_ids: dict[int, int] = {}
-        self._remote_tokens: dict[int, dict[str, Any]] = {}
-        self._remote_until: dict[int, float] = {}
-        self._remote_profiles: dict[int, dict[str, Any]] = {}
+        #: (idToken, remoteStartId) of RequestStartTransaction per gun (F01/F02).
+        self.remote: RemoteStarts[tuple[dict[str, Any], int]] = RemoteStarts(self.log)
         self._last_grid: float | None = None
         self._aligned_slot: float | None = None
         self.orphans = set(self.tx.open)  # left open by a crash: ended at the first reading
@@ -129,6 +123,12 @@ class OcppService(Link, StationSide):
         ctrl = "AlignedDataCtrlr" if name == "Measurands" else "SampledDataCtrlr"
         return self.dm.members(ctrl, name)
 
+    def on_setting_change(self, hook: ChangeHook, *, first: bool = False) -> None:
+        """``hook(variable name, value)`` after every device-model write."""
+        def call(var: Var, value: str) -> None:
+            hook(var.name, value)
+        self.dm.on_change.insert(0 if first else len(self.dm.on_change), call)
+
     def _changed(self, var: Var, value: str) -> None:
         if var.name == "HeartbeatInterval":
             self._kick.set()
@@ -160,7 +160,7 @@ class OcppService(Link, StationSide):
         tx_id = payload["transactionInfo"]["transactionId"]
         for g, tx in self.tx.open.items():
             if tx.tx_id == tx_id and self.dm.flag("TxCtrlr", "StopTxOnInvalidId"):
-                self.station.stop_charging(g, "DeAuthorized")
+                self.attached.stop_charging(g, "DeAuthorized")
 
     async def _status(self, cp: OcppClient, g: int) -> None:
         state = self.station.sessions[g].state if self.station is not None else None

@@ -22,6 +22,7 @@ from typing import Any
 
 from controller import logs
 from controller.limits import STATION, Limit, LimitBook, gun
+from controller.ocpp import storage
 
 KEY = "ocpp"
 SOURCE = "OCPP"
@@ -133,9 +134,7 @@ class Profiles:
         self.max_stack, self.max_periods = max_stack_level, max_periods
         self.voltage: list[float] = list(max_voltage)  # last measured, for W → A
         self.tx: dict[int, tuple[str, datetime]] = {}  # evse → (transactionId, start)
-        db.execute("CREATE TABLE IF NOT EXISTS profiles (id INTEGER PRIMARY KEY, evse INTEGER,"
-                   " data TEXT)")
-        db.commit()
+        storage.migrate(db)
         self.items: dict[int, tuple[int, dict[str, Any]]] = {}
         self._load()
 

@@ -15,6 +15,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from controller.limits import STATION
+from controller.ocpp.ports import StationPort
 from controller.ocpp.smart_charging import SOURCE, Profiles
 from controller.records import GunRecord
 from controller.session import SessionEvent
@@ -22,13 +23,16 @@ from controller.session import SessionEvent
 #: Cycles a transaction left open by a crash waits for a meter reading of its gun before it
 #: is ended with the last persisted register instead.
 ORPHAN_WAIT_CYCLES = 20
+#: A Reset asks the station to stop its transactions and waits this long for the station
+#: to report their ends (then ends the rest itself).
+STATION_END_WAIT_S = 5.0
 
 
 class StationEvents:
     """Mixin of a version's station side (needs ``tx.open`` with ``last_sample_t``)."""
 
     profiles: Profiles
-    station: Any
+    station: StationPort | None
     tx: Any
     guns: int
     max_w: float
@@ -51,6 +55,20 @@ class StationEvents:
     def _send_status(self, g: int) -> None: ...
     def security_event(self, kind: str, info: str = "") -> None: ...
     async def wait_connected(self, timeout: float = 10.0) -> None: ...
+    def _pulse(self) -> None: ...
+    async def reset_transactions(self, why: str, wait: bool,
+                                 end_here: Callable[[int, str], None]) -> None: ...
+    async def restart_after_reset(self) -> None: ...
+    async def until(self, done: Callable[[], bool], timeout: float) -> bool:
+        raise NotImplementedError
+
+    @property
+    def attached(self) -> StationPort:
+        """The station this client observes; a backend request that needs it before
+        ``attach`` is answered with an error, not run against nothing."""
+        if self.station is None:
+            raise RuntimeError("the OCPP client is not attached to a station yet")
+        return self.station
 
     def on_event(self, ev: Any) -> None:
         """The station observer: never blocks (SQLite writes of a few rows at most)."""

@@ -4,26 +4,26 @@ remote start/stop, triggers, reset, reports, limits for the control cycle."""
 
 from __future__ import annotations
 
-import asyncio
 import sqlite3
 from collections.abc import Callable
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from ocpp.v201 import call
 
 from controller.limits import STATION
+from controller.ocpp.client import OcppClient
 from controller.ocpp.common import AuthCache, decide_authorization
 from controller.ocpp.device_model import DeviceModel
+from controller.ocpp.ports import StationPort
 from controller.ocpp.queue import MessageQueue
+from controller.ocpp.remote_start import RemoteStarts
 from controller.ocpp.smart_charging import Profiles
 from controller.ocpp.station_common import StationEvents
-from controller.ocpp.transactions import Transactions, iso, meter_value
+from controller.ocpp.transactions import Transactions, meter_value
+from controller.ocpp.wire import iso
 from controller.records import GunRecord
 from controller.session import ENERGY_STATES, GunState
-
-if TYPE_CHECKING:
-    from controller.ocpp.client import OcppClient
 
 _STATE = {GunState.CHARGING: "Charging", GunState.SUSPENDED_EV: "SuspendedEV",
           GunState.SUSPENDED_EVSE: "SuspendedEVSE"}
@@ -37,14 +37,14 @@ class StationSide(StationEvents):
     tx: Transactions
     profiles: Profiles
     auth_cache: AuthCache
-    station: Any
+    station: StationPort | None
     cp: OcppClient | None
     online: bool
     guns: int
     max_w: float
     gun_cfg: Any
     last: list[GunRecord | None]
-    remote: dict[int, tuple[dict[str, Any], int, dict[str, Any] | None]]
+    remote: RemoteStarts[tuple[dict[str, Any], int]]
     reset_pending: bool
     boot_status: str | None
     boot_reason: str
@@ -53,13 +53,6 @@ class StationSide(StationEvents):
     _last_grid: float | None
     _aligned_slot: float | None
     _ws: Any
-    _remote_ids: dict[int, int]
-    _remote_profiles: dict[int, dict[str, Any]]
-    _remote_until: dict[int, float]
-    #: The idToken of the backend's RequestStartTransaction per gun (F01/F02), from the
-    #: request until the transaction carries it: the transaction is the backend's, not the
-    #: truck's own token.
-    _remote_tokens: dict[int, dict[str, Any]]
 
     on_reset: Callable[[], None] | None
     async def drain(self, timeout: float = 5.0) -> bool:
@@ -94,8 +87,7 @@ class StationSide(StationEvents):
                   and self.tx.open[g].charging_state != "EVConnected"):
                 self.tx.update(g, "ChargingStateChanged", state="EVConnected")
             elif ev.state is GunState.AVAILABLE and g not in self.tx.open:
-                for pending in (self._remote_ids, self._remote_tokens, self._remote_profiles):
-                    pending.pop(g, None)  # a remote start for a session that never began
+                self.remote.forget(g)  # a remote start for a session that never began
             elif ev.state in (GunState.AVAILABLE, GunState.FAULTED) and g in self.tx.open:
                 reason = ev.reason if ev.state is GunState.AVAILABLE else "Other"
                 self._end(g, reason if reason in ("EVDisconnected", "Local", "Remote",
@@ -103,12 +95,11 @@ class StationSide(StationEvents):
                           else ("EVDisconnected" if ev.state is GunState.AVAILABLE else reason))
         elif kind == "authorized":
             if g in self.tx.open:
-                rid = self._remote_ids.pop(g, None)
-                token, kind_ = self._token(g, ev.id_token)
+                token, kind_, rid = self._token(g, ev.id_token)
                 self.tx.update(g, "Authorized" if rid is None else "RemoteStart",
                                id_token=token, token_type=kind_, remote_start_id=rid)
             elif "Authorized" in start:
-                self._start(g, "RemoteStart" if g in self._remote_ids else "Authorized",
+                self._start(g, "RemoteStart" if self.remote.won(g) else "Authorized",
                             "EVConnected", ev.id_token)
         elif kind == "charging_started":
             if g not in self.tx.open:
@@ -123,27 +114,26 @@ class StationSide(StationEvents):
                                measurands=begin, context="Sample.Periodic")
 
     def _kick_sender(self) -> None:
-        notify = getattr(self, "notify", None)
-        if notify is not None:
-            notify()
+        self.notify()
 
-    def _token(self, g: int, token: str | None) -> tuple[str | None, str]:
-        """The idToken (and its type) a transaction of gun ``g`` carries: the remote start's
-        when there is one (used once), else the station's (the truck's, type Central)."""
-        remote = self._remote_tokens.pop(g, None)
+    def _token(self, g: int, token: str | None) -> tuple[str | None, str, int | None]:
+        """The idToken, its type and the remoteStartId a transaction of gun ``g`` carries:
+        the remote start's when there is one (used once), else the station's (the truck's,
+        type Central, no remoteStartId)."""
+        remote = self.remote.take_token(g)
         if remote is not None:
-            return str(remote["id_token"]), str(remote.get("type", "Central"))
-        return token, "Central"
+            id_token, rid = remote
+            return str(id_token["id_token"]), str(id_token.get("type", "Central")), rid
+        return token, "Central", None
 
     def _start(self, g: int, trigger: str, state: str, token: str | None) -> None:
-        rid = self._remote_ids.pop(g, None)
-        token, kind = self._token(g, token)
+        token, kind, rid = self._token(g, token)
         tx = self.tx.start(g, trigger if rid is None else "RemoteStart", state, self.last[g],
                            self._m("TxStartedMeasurands"), id_token=token, remote_start_id=rid,
                            token_type=kind)
-        tx.last_sample_t = self.station.clock()  # sampling interval counts from the start
+        tx.last_sample_t = self.attached.clock()  # sampling interval counts from the start
         self.profiles.tx[g + 1] = (tx.tx_id, self.wall().replace(microsecond=0))
-        pending = self._remote_profiles.pop(g, None)
+        pending = self.remote.take_profile(g)
         if pending is not None:
             pending = {**pending, "transaction_id": tx.tx_id}
             if self.profiles.validate(g + 1, pending) is None:
@@ -153,6 +143,7 @@ class StationSide(StationEvents):
     def _end(self, g: int, reason: str | None, session_wh: float | None = None) -> None:
         self.tx.end(g, reason, self.last[g], self._m("TxEndedMeasurands"),
                     session_wh=session_wh)
+        self._pulse()  # a Reset may be waiting for the station to end its transactions
         self.profiles.tx_ended(g + 1)
         self.apply_limits()
         self.apply_availability(g)  # a Scheduled Inoperative takes effect now
@@ -226,25 +217,19 @@ class StationSide(StationEvents):
     async def authorize(self, g: int, token: str | None) -> bool:
         """The station's authorizer: remote start, local pre-authorization, Authorize,
         then the offline rules (cache, OfflineTxForUnknownIdEnabled)."""
-        remote = self.remote.pop(g, None)
-        if remote is not None and self.wall().timestamp() > self._remote_until.pop(g, 0.0):
-            self.log.info("remote start expired (EVConnectionTimeOut)", gun=g)
-            remote = None
-        if remote is not None:
-            id_token = remote[0]
+        waiting = self.remote.take_waiting(g, self.wall().timestamp())
+        if waiting is not None:
+            id_token = waiting.token[0]
             if (self.dm.flag("AuthCtrlr", "AuthorizeRemoteStart")
                     and not await self.check_token(id_token)):
                 self.log.warning("remote start refused: idToken not authorized", gun=g)
                 return False
-            self._remote_ids[g] = remote[1]
-            self._remote_tokens[g] = id_token
-            if remote[2] is not None:
-                self._remote_profiles[g] = remote[2]
+            self.remote.accept(g, waiting.token, waiting.profile)
             return True
         if not token:
             return False
         ok = await self.check_token({"id_token": token, "type": "Central"})
-        if not ok and g in self._remote_ids:  # a remote start came while we asked: it wins
+        if not ok and self.remote.won(g):  # a remote start came while we asked: it wins
             return True
         return ok
 
@@ -275,12 +260,12 @@ class StationSide(StationEvents):
         if profile is not None and profile.get("charging_profile_purpose") != "TxProfile":
             return "Rejected", "chargingProfile must be a TxProfile", None
         guns = [evse_id - 1] if evse_id is not None else sorted(
-            range(self.guns), key=lambda x: self.station.sessions[x].state is not
+            range(self.guns), key=lambda x: self.attached.sessions[x].state is not
             GunState.PREPARING)
         for g in guns:
             if not 0 <= g < self.guns:
                 return "Rejected", f"unknown EVSE {evse_id}", None
-            state = self.station.sessions[g].state
+            state = self.attached.sessions[g].state
             if g in self.tx.open and self.tx.open[g].id_token:
                 continue
             if state is GunState.PREPARING:
@@ -289,9 +274,8 @@ class StationSide(StationEvents):
                 else:
                     self._remote_accepted(g, id_token, remote_id, profile)
             elif state is GunState.AVAILABLE:
-                self.remote[g] = (dict(id_token), remote_id, profile)
-                self._remote_until[g] = self.wall().timestamp() + self.dm.num(
-                    "TxCtrlr", "EVConnectionTimeOut")
+                self.remote.wait(g, (dict(id_token), remote_id), self.wall().timestamp()
+                                 + self.dm.num("TxCtrlr", "EVConnectionTimeOut"), profile)
             else:
                 continue
             tx = self.tx.open.get(g)
@@ -301,11 +285,8 @@ class StationSide(StationEvents):
     def _remote_accepted(self, g: int, id_token: dict[str, Any], remote_id: int,
                          profile: dict[str, Any] | None) -> None:
         """A remote start for the waiting gun ``g``: authorized with the backend's token."""
-        self._remote_ids[g] = remote_id
-        self._remote_tokens[g] = dict(id_token)
-        if profile is not None:
-            self._remote_profiles[g] = profile
-        self.station.set_authorization(g, True)
+        self.remote.accept(g, (dict(id_token), remote_id), profile)
+        self.attached.set_authorization(g, True)
 
     async def _authorize_remote(self, g: int, id_token: dict[str, Any], remote_id: int,
                                 profile: dict[str, Any] | None) -> None:
@@ -350,25 +331,11 @@ class StationSide(StationEvents):
         DRAIN_TIMEOUT_S: no Ended is sent twice), then hand the restart to ``on_reset`` (the
         station and its services restart); without an owner only the OCPP connection
         restarts (closed with a close frame, reconnected at once)."""
-        for g in list(self.tx.open):
-            self.station.stop_charging(g, "ImmediateReset")
-        for _ in range(100):
-            if not self.tx.open:
-                break
-            await asyncio.sleep(0.05)
-        for g in list(self.tx.open):  # the station did not report the end: end it here
-            self._end(g, "ImmediateReset")
+        await self.reset_transactions("ImmediateReset", True, self._end)
         self.security_event("ResetOrReboot", "Reset " + ("Immediate" if immediate else "OnIdle"))
         self.boot_reason = "RemoteReset"
         self.set_boot_reason("RemoteReset")
-        if not await self.drain():
-            self.log.warning("Reset: queue not delivered in time, sent again after the restart",
-                             queued=len(self.queue))
-        self.boot_status = None
-        if self.on_reset is not None:
-            self.on_reset()
-            return
-        await self.end_connection()
+        await self.restart_after_reset()
 
     async def send_report(self, request_id: int, base: str) -> None:
         """B07: NotifyReport in parts of ItemsPerMessage (tbc on all but the last)."""

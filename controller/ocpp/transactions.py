@@ -16,7 +16,9 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
+from controller.ocpp import storage
 from controller.ocpp.queue import MessageQueue
+from controller.ocpp.wire import iso
 from controller.records import GunRecord
 
 #: Station stop reason → (triggerReason, stoppedReason) of the Ended event.
@@ -40,10 +42,6 @@ def stop_reasons(reason: str | None) -> tuple[str, str]:
     if reason and reason.startswith("emergency"):
         return STOP_MAP["EmergencyStop"]
     return STOP_MAP.get(reason or "", ("AbnormalCondition", "Other"))
-
-
-def iso(t: datetime) -> str:
-    return t.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def meter_value(rec: GunRecord | None, measurands: list[str], context: str,
@@ -84,8 +82,7 @@ class Transactions:
     def __init__(self, db: sqlite3.Connection, queue: MessageQueue,
                  wall: Callable[[], datetime], online: Callable[[], bool]) -> None:
         self.db, self.queue, self.wall, self.online = db, queue, wall, online
-        db.execute("CREATE TABLE IF NOT EXISTS tx (gun INTEGER PRIMARY KEY, data TEXT)")
-        db.commit()
+        storage.migrate(db)
         self.open: dict[int, Tx] = {}
         for gun, data in db.execute("SELECT gun, data FROM tx"):
             self.open[int(gun)] = Tx(**json.loads(data))

@@ -9,18 +9,57 @@ spelling FormationViolation), unsupported actions NotImplemented from the librar
 from __future__ import annotations
 
 import json
-from typing import TYPE_CHECKING, Any
+from collections.abc import Awaitable
+from datetime import datetime
+from typing import Any, Protocol
 
 from ocpp.v16 import ChargePoint as _ChargePoint
 from ocpp.v16 import call_result
 
-from controller.ocpp.client import after, on
-from controller.ocpp.common import FrameGuard
-from controller.ocpp.transactions import iso
+from controller.ocpp.common import AuthCache, FrameGuard
+from controller.ocpp.ports import Log, StationPort
+from controller.ocpp.smart_charging import Profiles
+from controller.ocpp.wire import after, iso, on
 from controller.ocpp16 import smart16
+from controller.ocpp16.config_keys import ConfigKeys
+from controller.ocpp16.transactions import Transactions16
 
-if TYPE_CHECKING:
-    from controller.ocpp16.service import Ocpp16Service
+
+class Host16(Protocol):
+    """What the 1.6 handlers use of the client that outlives a websocket
+    (``Ocpp16Service``): declared here, so this module never imports the service."""
+
+    log: Log
+    keys: ConfigKeys
+    tx: Transactions16
+    guns: int
+    auth_cache: AuthCache
+    profiles: Profiles
+
+    @property
+    def attached(self) -> StationPort:
+        """The station (raises before ``attach``: the handler answers InternalError)."""
+
+    def wall(self) -> datetime: ...
+
+    def spawn(self, coro: Awaitable[object], *, connection: bool = False) -> object:
+        """Run a follow-up as an owned task (``connection``: ends with the websocket)."""
+
+    def apply_limits(self) -> None: ...
+
+    def change_availability(self, evse: int, operative: bool) -> str: ...
+
+    def local_limits(self, evse: int, horizon_s: float = 86_400.0
+                     ) -> tuple[tuple[float, str, datetime | None, datetime | None], ...]: ...
+
+    def nameplate_w(self, evse: int) -> float: ...
+
+    def remote_start(self, id_tag: str, connector: int | None,
+                     profile: dict[str, Any] | None) -> str: ...
+
+    async def reset(self, hard: bool) -> None: ...
+
+    async def triggered(self, what: str, connector: int | None) -> None: ...
 
 TRIGGERS = ("BootNotification", "DiagnosticsStatusNotification", "FirmwareStatusNotification",
             "Heartbeat", "MeterValues", "StatusNotification")
@@ -29,7 +68,9 @@ TRIGGERS = ("BootNotification", "DiagnosticsStatusNotification", "FirmwareStatus
 class Ocpp16Client(FrameGuard, _ChargePoint):  # type: ignore[misc]
     """One websocket session's ChargePoint; ``svc`` holds all state that outlives it."""
 
-    def __init__(self, station_id: str, ws: Any, svc: Ocpp16Service, timeout: float) -> None:
+    svc: Host16
+
+    def __init__(self, station_id: str, ws: Any, svc: Host16, timeout: float) -> None:
         super().__init__(station_id, ws, response_timeout=timeout)
         self.svc = svc
 
@@ -95,7 +136,7 @@ class Ocpp16Client(FrameGuard, _ChargePoint):  # type: ignore[misc]
         g = self.svc.tx.find(transaction_id)
         if g is None:
             return call_result.RemoteStopTransaction(status="Rejected")
-        self.svc.station.stop_charging(g, "Remote")
+        self.svc.attached.stop_charging(g, "Remote")
         return call_result.RemoteStopTransaction(status="Accepted")
 
     @on("UnlockConnector")
@@ -103,7 +144,7 @@ class Ocpp16Client(FrameGuard, _ChargePoint):  # type: ignore[misc]
         if not 1 <= connector_id <= self.svc.guns:
             return call_result.UnlockConnector(status="NotSupported")
         if connector_id - 1 in self.svc.tx.open:  # the transaction ends first
-            self.svc.station.stop_charging(connector_id - 1, "UnlockCommand")
+            self.svc.attached.stop_charging(connector_id - 1, "UnlockCommand")
         return call_result.UnlockConnector(status="Unlocked")
 
     @on("TriggerMessage")

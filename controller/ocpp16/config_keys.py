@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 from controller import logs
 from controller.config import StationConfig
+from controller.ocpp import storage
 from controller.ocpp.config import OcppConfig
 
 RO, RW, WO = "RO", "RW", "WO"
@@ -111,8 +112,7 @@ class ConfigKeys:
         self.keys = {k.name: k for k in keys}
         #: Called with (key, new value) after each accepted change (``key.name``).
         self.on_change: list[Callable[[Key, str], None]] = []
-        db.execute("CREATE TABLE IF NOT EXISTS v16_config (key TEXT PRIMARY KEY, value TEXT)")
-        db.commit()
+        storage.migrate(db)
         self.values = {k.name: k.default for k in keys}
         self._load()
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from ocpp.charge_point import camel_to_snake_case
@@ -23,9 +23,11 @@ from controller import logs
 from controller.config import StationConfig
 from controller.ocpp.common import AuthCache, Link, standard_retry
 from controller.ocpp.config import OcppConfig
+from controller.ocpp.ports import ChangeHook
 from controller.ocpp.queue import MessageQueue, Queued
+from controller.ocpp.remote_start import RemoteStarts
 from controller.ocpp.smart_charging import Profiles
-from controller.ocpp.transactions import iso
+from controller.ocpp.wire import iso, utc_now
 from controller.ocpp16.client import Ocpp16Client
 from controller.ocpp16.config_keys import ConfigKeys, Key, standard_keys
 from controller.ocpp16.station_side import FREE_ID_TAG, StationSide16, error_code
@@ -33,15 +35,11 @@ from controller.ocpp16.transactions import TX_ACTIONS, Transactions16, periodic1
 from controller.records import GunRecord
 
 
-def _utc() -> datetime:
-    return datetime.now(UTC)
-
-
 class Ocpp16Service(Link, StationSide16):
     """The station's OCPP 1.6J side: connection, queue, transactions, profiles, keys."""
 
     def __init__(self, cfg: OcppConfig, station_config: StationConfig, *,
-                 wall: Callable[[], datetime] = _utc) -> None:
+                 wall: Callable[[], datetime] = utc_now) -> None:
         self.wall = wall
         self._open(cfg, station_config, "controller.ocpp16")
         self.keys = ConfigKeys(self.db, standard_keys(cfg, station_config))
@@ -62,9 +60,8 @@ class Ocpp16Service(Link, StationSide16):
         self.last: list[GunRecord | None] = [None] * self.guns
         self.tags: dict[int, str] = {}
         self.reasons: dict[int, str | None] = {}  # of the last state change, per gun
-        self.remote: dict[int, tuple[str, float, dict[str, Any] | None]] = {}
-        self._remote_profiles: dict[int, dict[str, Any]] = {}
-        self._remote_won: set[int] = set()
+        #: The idTag of RemoteStartTransaction per gun.
+        self.remote: RemoteStarts[str] = RemoteStarts(self.log)
         self._aligned_slot: float | None = None
         self.orphans = set(self.tx.open)  # left open by a crash: ended at the first reading
         self.security_event("StartupOfTheDevice", "controller started")
@@ -79,6 +76,12 @@ class Ocpp16Service(Link, StationSide16):
             self.stop_tx(gun, "Reboot")
         await self._close_link()
         self.db.close()
+
+    def on_setting_change(self, hook: ChangeHook, *, first: bool = False) -> None:
+        """``hook(key name, value)`` after every configuration key write."""
+        def call(key: Key, value: str) -> None:
+            hook(key.name, value)
+        self.keys.on_change.insert(0 if first else len(self.keys.on_change), call)
 
     def _changed(self, key: Key, value: str) -> None:
         if key.name == "AuthorizationKey":  # a password the backend set never reaches a log
@@ -195,4 +198,4 @@ class Ocpp16Service(Link, StationSide16):
         if status != "Accepted" and g is not None and self.keys.flag(
                 "StopTransactionOnInvalidId"):
             self.log.warning("idTag not accepted: stopping", gun=g, status=status)
-            self.station.stop_charging(g, "DeAuthorized")
+            self.attached.stop_charging(g, "DeAuthorized")

@@ -4,7 +4,6 @@ events → StartTransaction / MeterValues / StopTransaction / StatusNotification
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Awaitable, Callable
 from datetime import datetime
 from typing import Any
@@ -12,9 +11,11 @@ from typing import Any
 from ocpp.v16 import call
 
 from controller.ocpp.common import AuthCache, decide_authorization
+from controller.ocpp.ports import StationPort
+from controller.ocpp.remote_start import RemoteStarts
 from controller.ocpp.smart_charging import Profiles
 from controller.ocpp.station_common import StationEvents
-from controller.ocpp.transactions import iso
+from controller.ocpp.wire import iso
 from controller.ocpp16 import smart16
 from controller.ocpp16.config_keys import ConfigKeys
 from controller.ocpp16.transactions import Transactions16, meter16
@@ -43,7 +44,7 @@ class StationSide16(StationEvents):
     tx: Transactions16
     profiles: Profiles
     auth_cache: AuthCache
-    station: Any
+    station: StationPort | None
     cp: Any
     online: bool
     guns: int
@@ -54,11 +55,9 @@ class StationSide16(StationEvents):
     last: list[GunRecord | None]
     tags: dict[int, str]
     reasons: dict[int, str | None]
-    remote: dict[int, tuple[str, float, dict[str, Any] | None]]
-    _remote_profiles: dict[int, dict[str, Any]]
-    #: Guns a RemoteStartTransaction authorized while they waited: the remote idTag is the
-    #: transaction's, whatever the station's own authorization of the truck answers later.
-    _remote_won: set[int]
+    #: Remote starts; an accepted one's idTag is the transaction's, whatever the station's
+    #: own authorization of the truck answers later.
+    remote: RemoteStarts[str]
     _aligned_slot: float | None
     _ws: Any
     on_reset: Callable[[], None] | None
@@ -84,16 +83,16 @@ class StationSide16(StationEvents):
                 self.stop_tx(g, ev.reason if ev.state is GunState.AVAILABLE else "Other")
             if ev.state is GunState.AVAILABLE:
                 self.tags.pop(g, None)
-                self._remote_won.discard(g)
+                self.remote.take_token(g)
         elif kind == "authorized" and ev.id_token:
             self.tags.setdefault(g, ev.id_token)
         elif kind == "charging_started" and g not in self.tx.open:
-            self._remote_won.discard(g)
+            self.remote.take_token(g)
             tag = self.tags.get(g) or ev.id_token or FREE_ID_TAG
             tx = self.tx.start(g, tag[:20], self.last[g], self.keys.members("StopTxnSampledData"))
-            tx.last_sample_t = self.station.clock()  # the sample interval counts from here
+            tx.last_sample_t = self.attached.clock()  # the sample interval counts from here
             self.profiles.tx[g + 1] = (str(tx.tx_id), self.wall().replace(microsecond=0))
-            pending = self._remote_profiles.pop(g, None)
+            pending = self.remote.take_profile(g)
             if pending is not None and smart16.set_profile(self.profiles, g + 1, {
                     **pending, "transaction_id": None}) is None:
                 self.apply_limits()
@@ -105,6 +104,7 @@ class StationSide16(StationEvents):
                           self.tags.get(g), session_wh)
         if tx is None:
             return
+        self._pulse()  # a Reset may be waiting for the station to end its transactions
         self.profiles.tx_ended(g + 1)
         self.apply_limits()
         self.apply_availability(g)  # a Scheduled Inoperative takes effect now
@@ -153,22 +153,22 @@ class StationSide16(StationEvents):
         """The station's authorizer: a remote start within ConnectionTimeOut, then the
         cache / Authorize / offline rules (LocalPreAuthorize, LocalAuthorizeOffline,
         AllowOfflineTxForUnknownId)."""
-        remote = self.remote.pop(g, None)
-        if remote is not None and self.wall().timestamp() <= remote[1]:
+        waiting = self.remote.take_waiting(g, self.wall().timestamp())
+        if waiting is not None:
             if self.keys.flag("AuthorizeRemoteTxRequests") and not await self.check_tag(
-                    remote[0]):
+                    waiting.token):
                 self.log.warning("remote start refused: idTag not authorized", gun=g)
                 return False
-            self.tags[g] = remote[0]
-            if remote[2] is not None:
-                self._remote_profiles[g] = remote[2]
+            self.tags[g] = waiting.token
+            if waiting.profile is not None:
+                self.remote.profiles[g] = waiting.profile
             return True
-        if g in self._remote_won:
+        if self.remote.won(g):
             return True
         if not token:
             return False
         ok = await self.check_tag(token)
-        if g in self._remote_won:  # a remote start came while we asked: its idTag wins
+        if self.remote.won(g):  # a remote start came while we asked: its idTag wins
             return True
         if ok:
             self.tags[g] = token[:20]
@@ -215,10 +215,10 @@ class StationSide16(StationEvents):
         if connector is not None and not 1 <= connector <= self.guns:
             return "Rejected"
         guns = [connector - 1] if connector is not None else sorted(
-            range(self.guns), key=lambda x: self.station.sessions[x].state is not
+            range(self.guns), key=lambda x: self.attached.sessions[x].state is not
             GunState.PREPARING)
         for g in guns:
-            state = self.station.sessions[g].state
+            state = self.attached.sessions[g].state
             if g in self.tx.open:
                 continue
             if state is GunState.PREPARING:
@@ -229,16 +229,14 @@ class StationSide16(StationEvents):
                 return "Accepted"
             if state is GunState.AVAILABLE:
                 until = self.wall().timestamp() + self.keys.num("ConnectionTimeOut")
-                self.remote[g] = (id_tag, until, profile)
+                self.remote.wait(g, id_tag, until, profile)
                 return "Accepted"
         return "Rejected"
 
     def _remote_accepted(self, g: int, id_tag: str, profile: dict[str, Any] | None) -> None:
         self.tags[g] = id_tag
-        self._remote_won.add(g)
-        if profile is not None:
-            self._remote_profiles[g] = profile
-        self.station.set_authorization(g, True)
+        self.remote.accept(g, id_tag, profile)
+        self.attached.set_authorization(g, True)
 
     async def _authorize_remote(self, g: int, id_tag: str, profile: dict[str, Any] | None
                                 ) -> None:
@@ -281,20 +279,8 @@ class StationSide16(StationEvents):
         the queue and wait for the answers (bounded: no StopTransaction sent twice), then
         hand the restart to ``on_reset`` (station and services restart); without an owner
         only the OCPP connection restarts (close frame, reconnect at once)."""
-        why = "HardReset" if hard else "SoftReset"
-        for g in list(self.tx.open):
-            self.station.stop_charging(g, why)
-        for _ in range(0 if hard else 100):  # a soft reset lets the station end them
-            if not self.tx.open:
-                break
-            await asyncio.sleep(0.05)
-        for g in list(self.tx.open):
-            self.stop_tx(g, why)
+        # a soft reset lets the station end them (with their readings)
+        await self.reset_transactions("HardReset" if hard else "SoftReset", not hard,
+                                      self.stop_tx)
         self.security_event("ResetOrReboot", f"Reset {'Hard' if hard else 'Soft'}")
-        if not await self.drain():
-            self.log.warning("Reset: queue not delivered in time, sent again after the restart")
-        self.boot_status = None
-        if self.on_reset is not None:
-            self.on_reset()
-            return
-        await self.end_connection()
+        await self.restart_after_reset()

@@ -23,8 +23,10 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from typing import Any
 
+from controller.ocpp import storage
 from controller.ocpp.queue import MessageQueue, Queued
-from controller.ocpp.transactions import iso, meter_value
+from controller.ocpp.transactions import meter_value
+from controller.ocpp.wire import iso
 from controller.records import GunRecord
 
 #: The station's stop reasons → OCPP 1.6 Reason (the EV ending the charge is a local stop).
@@ -80,10 +82,7 @@ class Transactions16:
     def __init__(self, db: sqlite3.Connection, queue: MessageQueue,
                  wall: Callable[[], datetime]) -> None:
         self.db, self.queue, self.wall = db, queue, wall
-        db.execute("CREATE TABLE IF NOT EXISTS v16_tx (gun INTEGER PRIMARY KEY, data TEXT)")
-        db.execute("CREATE TABLE IF NOT EXISTS v16_txmap (local INTEGER PRIMARY KEY, "
-                   "real INTEGER)")
-        db.commit()
+        storage.migrate(db)
         self.open: dict[int, Tx16] = {}
         for gun, data in db.execute("SELECT gun, data FROM v16_tx"):
             d = json.loads(data)

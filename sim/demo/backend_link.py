@@ -13,10 +13,22 @@ import asyncio
 import contextlib
 import datetime as dt
 import time
+from collections.abc import Awaitable
 from pathlib import Path
 from typing import Any
 
 from sim.demo.services import Backend
+
+
+async def _logged(what: str, step: Awaitable[Any]) -> None:
+    """Await ``step``; a failure is logged (the demo goes on), never swallowed."""
+    try:
+        await step
+    except Exception as exc:
+        from controller import logs
+
+        logs.get_logger("sim.demo").warning("demo backend step failed", step=what,
+                                            error=repr(exc)[:200])
 
 
 def available() -> str | None:
@@ -65,8 +77,7 @@ class OcppLink:
 
         async def go() -> None:
             if prev is not None:
-                with contextlib.suppress(Exception):
-                    await prev
+                await _logged("previous backend switch", prev)
             if online:
                 await self.backend.serve()
             else:
@@ -78,8 +89,7 @@ class OcppLink:
     async def drain(self, timeout: float = 30.0) -> bool:
         """Wait until the backend is back and the client's queue is empty."""
         if self._switch is not None:
-            with contextlib.suppress(Exception):
-                await self._switch
+            await _logged("backend switch", self._switch)
         if self.backend.proc is None:
             await self.backend.serve()
         deadline = time.monotonic() + timeout
@@ -110,8 +120,7 @@ class OcppLink:
             with contextlib.suppress(BaseException):
                 await self._switch
         if self.svc is not None:
-            with contextlib.suppress(Exception):
-                await self.svc.close()
+            await _logged("OCPP client close", self.svc.close())
         if self.task is not None:
             self.task.cancel()
             with contextlib.suppress(BaseException):

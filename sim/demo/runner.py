@@ -17,34 +17,16 @@ import asyncio
 import contextlib
 import signal
 import time
+from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from controller.clock import SimClock
 from sim.demo.collect import Collector
 from sim.demo.live import Live
 from sim.demo.scenario import Event, Scenario
 from sim.demo.services import Backend, Broker, GridFeed, MqttPublisher, mosquitto_binary
-
-
-class SimClock:
-    """Station monotonic time ``t``; ``wall()`` is the simulated wall clock (epoch seconds),
-    starting at the real time of the run's start and advancing with the simulation."""
-
-    def __init__(self, t: float = 1000.0) -> None:
-        self.t0 = t
-        self.t = t
-        self.epoch = time.time()
-
-    def __call__(self) -> float:
-        return self.t
-
-    @property
-    def elapsed(self) -> float:
-        return self.t - self.t0
-
-    def wall(self) -> float:
-        return self.epoch + self.elapsed
 
 
 class BackendLink(Protocol):
@@ -101,7 +83,6 @@ def station_config(sc: Scenario, broker_port: int | None, free: bool = True) -> 
 async def run(sc: Scenario, opts: Options, backend_link: Any = None) -> RunState:
     """Run ``sc`` to its end (or SIGINT/SIGTERM); writes the report into ``opts.out``."""
     from controller.config import parse_config
-    from controller.limits import STATION, Limit
     from controller.station import Station
     from power.modbus_base import LinkSettings
     from power.power_unit import make_hardware
@@ -121,7 +102,7 @@ async def run(sc: Scenario, opts: Options, backend_link: Any = None) -> RunState
     for sig in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError):
             loop.add_signal_handler(sig, stop.set)
-    clock = SimClock()
+    clock = SimClock(wall_start=time.time())  # simulated wall time starts now
     guns = max(2, sc.guns)
     trucks: list[TruckSim | None] = [None] * guns
     for spec in sc.trucks:
@@ -179,10 +160,10 @@ async def run(sc: Scenario, opts: Options, backend_link: Any = None) -> RunState
             sim.advance(dt)
 
         station = Station(cfg, loads, hardware=hw, clock=clock,
-                          wall_clock=lambda: _iso(clock.wall()), pause=advance)
-        feed = await _grid(sc, cfg, station, clock, broker, tasks, STATION, Limit)
+                          wall_clock=lambda: _iso(clock.time()), pause=advance)
+        feed = await _grid(sc, cfg, station, clock, broker, tasks)
         if auto_link and backend is not None:
-            backend_link = bl.OcppLink(backend, station, clock.wall,
+            backend_link = bl.OcppLink(backend, station, clock.time,
                                        opts.out / "services" / "station_ocpp")
         state.backend_mode = await _backend(backend_link, backend, station, state, live)
         collector = Collector(sc, physics)
@@ -214,11 +195,9 @@ async def run(sc: Scenario, opts: Options, backend_link: Any = None) -> RunState
     finally:
         live.close()
         if station is not None:
-            with contextlib.suppress(Exception):
-                await station.close()
+            await _shutdown_step("station close", station.close())
         if backend_link is not None:
-            with contextlib.suppress(Exception):
-                await backend_link.stop()
+            await _shutdown_step("backend link stop", backend_link.stop())
         for t in tasks:
             t.cancel()
         for t in tasks:
@@ -238,6 +217,17 @@ async def run(sc: Scenario, opts: Options, backend_link: Any = None) -> RunState
     return state
 
 
+async def _shutdown_step(what: str, step: Awaitable[Any]) -> None:
+    """One step of the demo's shutdown pass: a failure is logged, and the pass goes on."""
+    try:
+        await step
+    except Exception as exc:
+        from controller import logs
+
+        logs.get_logger("sim.demo").warning("demo shutdown step failed", step=what,
+                                            error=repr(exc)[:200])
+
+
 def _iso(t: float) -> str:
     import datetime as dt
 
@@ -245,12 +235,12 @@ def _iso(t: float) -> str:
 
 
 async def _grid(sc: Scenario, cfg: Any, station: Any, clock: SimClock, broker: Broker | None,
-                tasks: list[asyncio.Task[Any]], scope: str, limit_cls: Any) -> GridFeed:
+                tasks: list[asyncio.Task[Any]]) -> GridFeed:
+    from controller.limits import install_grid_fallback
+
     if broker is None or cfg.mqtt is None:
-        fb = sc.station.fallback_grid_kw * 1000.0
-        station.limits.set_fallback(scope, "grid", limit_cls(
-            value=fb, source="grid:fallback", detail=f"no valid grid limit: fallback {fb:g} W"))
-        return GridFeed(sc.grid, sc.station.id, clock.wall, clock, book=station.limits)
+        install_grid_fallback(station.limits, sc.station.fallback_grid_kw * 1000.0)
+        return GridFeed(sc.grid, sc.station.id, clock.time, clock, book=station.limits)
     from controller.grid import GridLimitSource
     from controller.mqtt import MqttConnection
     from controller.telemetry import TelemetryPublisher
@@ -258,7 +248,7 @@ async def _grid(sc: Scenario, cfg: Any, station: Any, clock: SimClock, broker: B
     conn = MqttConnection(cfg.mqtt, cfg.station.id)
     telemetry = TelemetryPublisher(conn)
     GridLimitSource(station.limits, conn, fallback_w=cfg.station.fallback_grid_kw * 1000.0,
-                    events=telemetry, mono=clock, wall=clock.wall)
+                    events=telemetry, mono=clock, wall=clock.time)
     station.subscribe(telemetry.observe)
     pub = MqttPublisher(broker.port, f"mwc-sim-grid-{sc.station.id}")
     for coro in (conn.run(), telemetry.run(), pub.run()):
@@ -266,7 +256,7 @@ async def _grid(sc: Scenario, cfg: Any, station: Any, clock: SimClock, broker: B
     await asyncio.wait_for(pub.connected.wait(), 10)
     await asyncio.wait_for(conn.wait_connected(), 10)  # subscribed before the first limit
     await asyncio.sleep(0.1)
-    return GridFeed(sc.grid, sc.station.id, clock.wall, clock, publish=pub.publish)
+    return GridFeed(sc.grid, sc.station.id, clock.time, clock, publish=pub.publish)
 
 
 async def _backend(link: Any, backend: Backend | None, station: Any, state: RunState,

@@ -30,9 +30,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from controller.clock import Monotonic, WallSeconds
 from sim.demo.scenario import GridSpec
-
-Clock = Callable[[], float]
 
 
 def free_port() -> int:
@@ -175,7 +174,7 @@ class GridFeed:
     the signal is lost. ``wall`` is the simulated wall clock (epoch + simulated seconds).
     """
 
-    def __init__(self, spec: GridSpec, station_id: str, wall: Clock, mono: Clock,
+    def __init__(self, spec: GridSpec, station_id: str, wall: WallSeconds, mono: Monotonic,
                  publish: Callable[[str, bytes], None] | None = None,
                  book: Any = None) -> None:
         self.spec = spec
@@ -217,10 +216,10 @@ class GridFeed:
                            source=self.spec.source)
             self._publish(self.topic, json.dumps(body).encode())
         else:
-            from controller.limits import STATION, Limit
+            from controller.limits import STATION, Limit, LimitKey
 
             cap_w = max(0.0, self.limit_kw + self.storage_kw) * 1000.0
-            self._book.set(STATION, "grid", Limit(
+            self._book.set(STATION, LimitKey.GRID, Limit(
                 value=cap_w, source=f"grid:{self.spec.source}:{pid}", issued_at=now,
                 expires_at=now + self.spec.valid_for_s,
                 detail=f"in-process: limit {self.limit_kw:g} kW + storage "

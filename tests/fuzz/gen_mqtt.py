@@ -159,9 +159,9 @@ async def run_mqtt(cases: int, seed: int) -> dict[str, Any]:
     book = LimitBook()
     book.set(STATION, "station_max", Limit(1_440_000.0, "config:max_kw"))
     with tempfile.TemporaryDirectory(prefix="mwc-fuzz-mq-") as tmp, broker(Path(tmp)) as b:
-        conn = MqttConnection(station_config(b), "ST1", version="9.9.9", wall=clocks.wall)
+        conn = MqttConnection(station_config(b), "ST1", version="9.9.9", wall=clocks.time)
         grid = GridLimitSource(book, conn, fallback_w=100_000.0, events=events,
-                               mono=clocks.mono, wall=clocks.wall)
+                               mono=clocks.monotonic, wall=clocks.time)
         topic = "mwc/ST1/grid/limit"
         task = asyncio.ensure_future(conn.run())
         try:
