@@ -12,51 +12,28 @@ receive loop.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable
-from datetime import datetime
 from typing import Any, Protocol
 
 from ocpp.v201 import ChargePoint as _ChargePoint
 from ocpp.v201 import call_result
 
-from controller.ocpp.common import AuthCache, FrameGuard
+from controller.ocpp.common import FrameGuard
 from controller.ocpp.device_model import DeviceModel
-from controller.ocpp.ports import Log, StationPort
+from controller.ocpp.host import HostBase
 from controller.ocpp.queue import MessageQueue
-from controller.ocpp.smart_charging import Profiles
 from controller.ocpp.transactions import Transactions
 from controller.ocpp.wire import after, iso, on
 
 
-class Host201(Protocol):
+class Host201(HostBase, Protocol):
     """What the 2.0.1 handlers use of the client that outlives a websocket
     (``OcppService``): declared here, so this module never imports the service."""
 
-    log: Log
     dm: DeviceModel
     tx: Transactions
     queue: MessageQueue
     boot_status: str | None
     reset_pending: bool
-    guns: int
-    auth_cache: AuthCache
-    profiles: Profiles
-
-    @property
-    def attached(self) -> StationPort:
-        """The station (raises before ``attach``: the handler answers InternalError)."""
-
-    def wall(self) -> datetime: ...
-
-    def spawn(self, coro: Awaitable[object], *, connection: bool = False) -> object:
-        """Run a follow-up as an owned task (``connection``: ends with the websocket)."""
-
-    def apply_limits(self) -> None: ...
-
-    def change_availability(self, evse: int, operative: bool) -> str: ...
-
-    def local_limits(self, evse: int, horizon_s: float = 86_400.0
-                     ) -> tuple[tuple[float, str, datetime | None, datetime | None], ...]: ...
 
     def find_profiles(self, crit: dict[str, Any], evse: int | None
                       ) -> list[tuple[int, dict[str, Any]]]: ...

@@ -9,48 +9,25 @@ spelling FormationViolation), unsupported actions NotImplemented from the librar
 from __future__ import annotations
 
 import json
-from collections.abc import Awaitable
-from datetime import datetime
 from typing import Any, Protocol
 
 from ocpp.v16 import ChargePoint as _ChargePoint
 from ocpp.v16 import call_result
 
-from controller.ocpp.common import AuthCache, FrameGuard
-from controller.ocpp.ports import Log, StationPort
-from controller.ocpp.smart_charging import Profiles
+from controller.ocpp.common import FrameGuard
+from controller.ocpp.host import HostBase
 from controller.ocpp.wire import after, iso, on
 from controller.ocpp16 import smart16
 from controller.ocpp16.config_keys import ConfigKeys
 from controller.ocpp16.transactions import Transactions16
 
 
-class Host16(Protocol):
+class Host16(HostBase, Protocol):
     """What the 1.6 handlers use of the client that outlives a websocket
     (``Ocpp16Service``): declared here, so this module never imports the service."""
 
-    log: Log
     keys: ConfigKeys
     tx: Transactions16
-    guns: int
-    auth_cache: AuthCache
-    profiles: Profiles
-
-    @property
-    def attached(self) -> StationPort:
-        """The station (raises before ``attach``: the handler answers InternalError)."""
-
-    def wall(self) -> datetime: ...
-
-    def spawn(self, coro: Awaitable[object], *, connection: bool = False) -> object:
-        """Run a follow-up as an owned task (``connection``: ends with the websocket)."""
-
-    def apply_limits(self) -> None: ...
-
-    def change_availability(self, evse: int, operative: bool) -> str: ...
-
-    def local_limits(self, evse: int, horizon_s: float = 86_400.0
-                     ) -> tuple[tuple[float, str, datetime | None, datetime | None], ...]: ...
 
     def nameplate_w(self, evse: int) -> float: ...
 
