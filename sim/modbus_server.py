@@ -55,7 +55,7 @@ from power.modbus_map import (
     module_port,
 )
 from sim.modules import SimModule
-from sim.physics import RealTimeStepper, StationPhysics
+from sim.physics import MatrixPhysics, RealTimeStepper, StationPhysics
 
 _BIT_FCS = frozenset({1, 2, 5, 15})
 _READ_HOLDING = 3
@@ -81,6 +81,31 @@ def _pack_bits(bits: list[bool], words: list[int]) -> None:
     for w in range(len(words)):
         chunk = bits[w * 16 : w * 16 + 16]
         words[w] = sum(1 << i for i, b in enumerate(chunk) if b)
+
+
+#: Function codes :func:`matrix_bits` serves (coils and their feedback inputs).
+MATRIX_BIT_FUNCTIONS = (1, 2, 5, 15)
+
+
+def matrix_bits(mx: MatrixPhysics, t: float, fc: int, address: int, regs: list[int],
+                values: list[int] | list[bool] | None) -> ExcCodes | None:
+    """The contactor matrix's coils (1, 5, 15) and closed-feedback inputs (2), shared by the
+    per-device matrix and the power unit: a coil write the interlock refuses is
+    ILLEGAL_VALUE and changes nothing."""
+    if fc == 2:
+        _pack_bits(mx.closed, regs)
+        return None
+    if values is None:  # a read, or the read-back after a write
+        _pack_bits(mx.coils, regs)
+        return None
+    bits = [bool(v) for v in values]
+    if address + len(bits) > mx.modules * mx.guns:
+        return ExcCodes.ILLEGAL_ADDRESS
+    if not mx.write_coils(t, address, bits):
+        return ExcCodes.ILLEGAL_VALUE
+    _pack_bits(mx.coils, regs)
+    # pymodbus merges ``values`` into regs after this; they are what we accepted.
+    return None
 
 
 def _unpack_bits(words: list[int], n: int) -> list[bool]:
@@ -200,21 +225,8 @@ class _Devices:
             if fc == 4:
                 regs[0:3] = [mx.modules, mx.guns, mx.fault_word]
                 return None
-            if fc == 2:
-                _pack_bits(mx.closed, regs)
-                return None
-            if fc == 1 or (fc in (5, 15) and values is None):  # (read-back after a write)
-                _pack_bits(mx.coils, regs)
-                return None
-            if fc in (5, 15) and values is not None:
-                bits = [bool(v) for v in values]
-                if address + len(bits) > n:
-                    return ExcCodes.ILLEGAL_ADDRESS
-                if not mx.write_coils(physics.t, address, bits):
-                    return ExcCodes.ILLEGAL_VALUE
-                _pack_bits(mx.coils, regs)
-                # pymodbus merges ``values`` into regs after this; they are what we accepted.
-                return None
+            if fc in MATRIX_BIT_FUNCTIONS:
+                return matrix_bits(mx, physics.t, fc, address, regs, values)
             return ExcCodes.ILLEGAL_FUNCTION
 
         bits = [SimData(0, count=max(16, n), values=False, datatype=DataType.BITS)]

@@ -39,7 +39,13 @@ from power.power_unit_map import (
     pack_bits,
     to_s16,
 )
-from sim.modbus_server import SimPorts, StationSimulator, _Devices, _pack_bits
+from sim.modbus_server import (
+    MATRIX_BIT_FUNCTIONS,
+    SimPorts,
+    StationSimulator,
+    _Devices,
+    matrix_bits,
+)
 from sim.modules import SimModule
 from sim.physics import StationPhysics
 
@@ -158,20 +164,8 @@ class _Unit:
             if fc == 4:
                 self._read_input(start, address, count, regs)
                 return None
-            if fc == 2:
-                _pack_bits(mx.closed, regs)
-                return None
-            if fc == 1 or (fc in (5, 15) and values is None):
-                _pack_bits(mx.coils, regs)
-                return None
-            if fc in (5, 15) and values is not None:
-                bits = [bool(v) for v in values]
-                if address + len(bits) > n:
-                    return ExcCodes.ILLEGAL_ADDRESS
-                if not mx.write_coils(physics.t, address, bits):
-                    return ExcCodes.ILLEGAL_VALUE
-                _pack_bits(mx.coils, regs)
-                return None
+            if fc in MATRIX_BIT_FUNCTIONS:
+                return matrix_bits(mx, physics.t, fc, address, regs, values)
             if fc == 3 or (fc in (6, 16) and values is None):
                 self._read_holding(start, regs)
                 return None
