@@ -23,7 +23,9 @@ async def test_TC_F_03_F_08_E_28_CS_remote_start_first_then_remote_stop(tmp_path
         assert await svc.authorize(0, None) is True  # the remote start authorizes the gun
         assert not be.of("Authorize")
         charge(st)
-        await be.wait_for(lambda: len(events(be)) == 1)
+        # the station drops the row when the answer reaches it, a moment after the backend
+        # stored the event: wait for both before asking E14 about the queue
+        await be.wait_for(lambda: len(events(be)) == 1 and len(svc.queue) == 0)
         started_ev = events(be)[0]
         assert started_ev["trigger_reason"] == "RemoteStart"
         assert started_ev["transaction_info"]["remote_start_id"] == 42
