@@ -2,7 +2,8 @@
 
 Pass 1 (:func:`_assign_fair`) is max-min fair with the fewest switches; pass 2
 (:func:`_assign_max_power`) maximises power when the pool is short and modules are worth
-more on some guns than on others. Plain Python over numpy, compiled by numba; see
+more on some guns than on others; pass 3 (:func:`_augment`) moves idle modules along chains
+of guns where partial reach left power on the table. Plain Python over numpy, compiled by numba; see
 power/alloc_kernel.py for the whole algorithm and why the same source is the reference.
 """
 
@@ -348,6 +349,7 @@ def _assign_max_power(  # type: ignore[no-untyped-def]
             if not _wants(alloc, dem, volt, best):
                 hungry[best] = False
                 hmask[best] = 0.0
+
 
 
 jit_cache.leave(_PREVIOUS_CACHE_DIR)

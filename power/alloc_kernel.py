@@ -12,7 +12,9 @@ The algorithm, in three phases (see docs/allocator.md for the reasoning):
    fair). A gun that no remaining module can reach is frozen at what it got and the targets are
    computed again for the others. If the pool as a whole runs out, pass 2 redoes the assignment
    module by module, each module going to the hungry gun where it delivers the most power
-   (maximum power first), fairness breaking ties.
+   (maximum power first), fairness breaking ties. Pass 3 then moves idle modules along
+   chains of guns (a gun gives a module to a hungry one and takes a free one, or one from a
+   further gun) while that adds power: partial reach can strand modules otherwise.
 3. Setpoints: gun currents by water-filling again (demand, assigned pool capacity, station cap),
    spread evenly over each gun's modules. Modules carrying current above the switch threshold
    never change gun; those that should move are drained (setpoint 0) instead.
@@ -35,6 +37,7 @@ from power.alloc_assign import (  # noqa: E402
     _below,
     _wants,
 )
+from power.alloc_augment import _augment  # noqa: E402
 
 # Binding limit per gun (output ``gun_binding``); mirrored by power.allocator.Binding.
 NO_DEMAND = 0
@@ -404,6 +407,9 @@ def allocate_kernel(  # type: ignore[no-untyped-def]
         if _achieved(alloc2, dem, volt) > fair_power * (1.0 + 1e-6) + 1e-6:
             assign = assign2
             alloc = alloc2
+    # Pass 3: chains of moves towards the hungry guns, where reach kept the passes above
+    # from placing modules well.
+    _augment(dem, volt, cap, reach, locked, usable, home, order, smax, assign, alloc)
 
     # Realise the assignment. active[m]: the module carries current for out_gun[m] this cycle.
     active = np.zeros(m_n, dtype=np.bool_)

@@ -1,11 +1,12 @@
 """The allocator kernel as plain Python, loaded next to the numba one in the same process.
 
-``power/alloc_kernel.py`` and ``power/alloc_assign.py`` are written so that the very same
-source runs interpreted when numba's JIT is disabled. This module executes both sources a
-second time under private module names with ``DISABLE_JIT`` switched on for the duration of
-the import, so the process holds both: the reference (usable at once, slower) and the
-dispatcher (fast once compiled or loaded from the cache). ``power.allocator`` runs the first
-cycles on the reference while the kernel compiles in another process, then switches.
+``power/alloc_kernel.py``, ``power/alloc_assign.py`` and ``power/alloc_augment.py`` are
+written so that the very same source runs interpreted when numba's JIT is disabled. This
+module executes the sources a second time under private module names with ``DISABLE_JIT``
+switched on for the duration of the import, so the process holds both: the reference (usable
+at once, slower) and the dispatcher (fast once compiled or loaded from the cache).
+``power.allocator`` runs the first cycles on the reference while the kernel compiles in
+another process, then switches.
 """
 
 from __future__ import annotations
@@ -40,16 +41,18 @@ def reference_kernel() -> Any:
     global _loaded
     with _lock:
         if _loaded is None:
-            import power.alloc_assign  # noqa: F401  (the jitted one stays in sys.modules)
+            import power.alloc_augment  # noqa: F401  (the jitted ones stay in sys.modules)
 
-            saved = sys.modules["power.alloc_assign"]
+            saved = {n: sys.modules[n] for n in ("power.alloc_assign", "power.alloc_augment")}
             previous = _config.DISABLE_JIT
             _config.DISABLE_JIT = True
             try:
                 assign = _exec("power._reference_alloc_assign", _HERE / "alloc_assign.py")
-                sys.modules["power.alloc_assign"] = assign  # what the kernel imports from
+                sys.modules["power.alloc_assign"] = assign  # what the others import from
+                augment = _exec("power._reference_alloc_augment", _HERE / "alloc_augment.py")
+                sys.modules["power.alloc_augment"] = augment
                 _loaded = _exec("power._reference_alloc_kernel", _HERE / "alloc_kernel.py")
             finally:
-                sys.modules["power.alloc_assign"] = saved
+                sys.modules.update(saved)
                 _config.DISABLE_JIT = previous
         return _loaded.allocate_kernel

@@ -35,7 +35,9 @@ Objective, in order: as much power as the limits allow; weighted max-min fair sh
 current between guns (water-filling by ``gun_weight``); as few contactor switches as possible
 (a gun keeps its own modules first); each gun's current spread evenly over its modules. With
 all modules idle, the power delivered is at least the fractional (LP) optimum minus
-(G - 1) x the largest module's power, and equal to it when modules are not the bottleneck.
+(G - 1) x the largest module's power, and equal to it when modules are not the bottleneck
+(a property checked on random instances, with the counterexamples found pinned: see
+docs/allocator.md, "Guarantee").
 
 Policies are the caller's, expressed through weights and gun limits:
  - equal sharing ("democratic"): all weights 1;

@@ -25,7 +25,9 @@ from numba.core import config as _numba_config
 config: Any = _numba_config  # numba's config module is untyped
 
 _HERE = Path(__file__).resolve().parent
-KERNEL_SOURCES = (_HERE / "alloc_kernel.py", _HERE / "alloc_assign.py")
+KERNEL_SOURCES = (
+    _HERE / "alloc_kernel.py", _HERE / "alloc_assign.py", _HERE / "alloc_augment.py"
+)
 
 
 def source_tag(files: Iterable[Path]) -> str:

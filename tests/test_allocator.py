@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from scipy.optimize import linprog
 
@@ -140,6 +140,11 @@ def test_invariants_hold_on_random_instances(
     modules=st.integers(1, 60),
     partial=st.booleans(),
 )
+# Found by Hypothesis (seed 125) and by a wider survey: passes 1-2 gave shared modules to a gun
+# its own modules could serve; the whole-module optimum equals the LP one in both.
+@example(seed=125, guns=2, modules=24, partial=True)
+@example(seed=2394175118, guns=3, modules=59, partial=True)
+@example(seed=625612888, guns=2, modules=45, partial=True)
 def test_idle_modules_deliver_lp_optimum_within_g_minus_1_modules(
     seed: int, guns: int, modules: int, partial: bool
 ) -> None:
@@ -262,6 +267,28 @@ def test_second_truck_takes_modules_only_after_they_drained() -> None:
     moved = out2.module_gun != out.module_gun
     assert moved.sum() == 24 and np.all(drained[moved])
     assert out2.gun_current_a == pytest.approx([1200.0, 1200.0])
+
+
+def test_shared_modules_go_where_only_they_reach() -> None:
+    # Modules 0-5 reach both guns, 6-8 only gun 0. Gun 0 needs two modules, gun 1 six: every
+    # shared module must go to gun 1 and gun 0 take its own (the greedy pass alone gave gun 0
+    # two shared ones and left gun 1 two modules short).
+    m = 9
+    reach = np.ones((m, 2), dtype=bool)
+    reach[6:, 1] = False
+    inp = two_guns(
+        gun_request_a=np.array([100.0, 300.0]),
+        module_max_a=np.full(m, 100.0),
+        module_max_w=np.full(m, 40e3),
+        module_gun=np.full(m, -1, dtype=np.int64),
+        module_current_a=np.zeros(m),
+        reach=reach,
+    )
+    out = allocate(**inp)
+    check_invariants(inp, out)
+    assert out.gun_current_a == pytest.approx([100.0, 300.0])
+    assert list(out.gun_binding) == [Binding.REQUEST, Binding.REQUEST]
+    assert np.all(out.module_gun[:6] == 1)
 
 
 def test_faulted_module_is_dropped_and_its_share_reallocated() -> None:
