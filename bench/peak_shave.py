@@ -25,7 +25,6 @@ import json
 import math
 import os
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -44,34 +43,11 @@ from controller.limits import STATION, LimitBook
 from controller.mqtt import MqttConfig, MqttConnection
 from controller.station import CycleEvent, Station, StationEvent
 from controller.telemetry import TelemetryPublisher
+from sim.demo.services import Broker, mosquitto_binary
 from sim.truck import TruckParams, TruckSim
 
 STATION_ID = "BENCH-1"
 TOPIC = f"mwc/{STATION_ID}/grid/limit"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def start_broker(directory: Path) -> tuple[subprocess.Popen[bytes], int]:
-    """A private Mosquitto on a free loopback port (never the system broker)."""
-    port = _free_port()
-    conf = directory / "mosquitto.conf"
-    user = "user root\n" if os.geteuid() == 0 else ""
-    conf.write_text(f"{user}persistence false\nlog_dest none\nlistener {port} 127.0.0.1\n"
-                    "allow_anonymous true\n")
-    exe = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
-    proc = subprocess.Popen([exe, "-c", str(conf)], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
-    for _ in range(500):
-        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.1):
-            return proc, port
-        time.sleep(0.01)
-    proc.kill()
-    raise RuntimeError("mosquitto did not start")
 
 
 def start_simulator(load_v: float, layout: str = "power_unit"
@@ -162,7 +138,11 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     trucks = [TruckSim(p, time.monotonic) for p in truck_params]
     load_v = trucks[0].ocv_v()  # the simulator's battery stand-in matches the truck's voltage
     tmp = Path(tempfile.mkdtemp(prefix="mwc-bench-"))
-    broker, port = start_broker(tmp)
+    # mosquitto cannot bind port 0 and report it: the shared Broker moves to another port
+    # when the one it picked is taken before it binds
+    broker = Broker(tmp / "mq", mosquitto_binary() or "/usr/sbin/mosquitto")
+    await broker.start()
+    port = broker.port
     sim, layout = start_simulator(load_v, args.layout)
     try:
         cfg = station_config(layout, args.cycle_ms)
@@ -185,8 +165,10 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
 
                 async def publish(payload: bytes) -> object:
                     if args.direct:  # the same handler, without the broker hop
-                        return grid.handle(TOPIC, payload)
-                    return await ems.publish(TOPIC, payload, qos=1)
+                        grid.handle(TOPIC, payload)
+                    else:
+                        await ems.publish(TOPIC, payload, qos=1)
+                    return None
 
                 result = await measure(args, publish, meter, station.limits)
             # context for the figures: the cycle's own health while they were taken
@@ -196,15 +178,14 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             return result
         finally:
             station.stop()
-            for t in tasks:
-                t.cancel()
+            for task in tasks:
+                task.cancel()
             await asyncio.wait(tasks, timeout=5)
             await station.close()
     finally:
         sim.terminate()
-        broker.terminate()
+        broker.stop()
         sim.wait(10)
-        broker.wait(10)
         shutil.rmtree(tmp, ignore_errors=True)
 
 

@@ -78,7 +78,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     # Logs go to stderr unless the command says otherwise: `mwc run` logs to stdout (journald
     # reads it), `mwc demo` keeps stdout for its summary.
-    stream = sys.stdout if getattr(args, "log_stdout", False) else sys.stderr
+    # (By name: the handler writes to the process's stream of the moment, see logs.configure.)
+    stream: logs.StdName = "stdout" if getattr(args, "log_stdout", False) else "stderr"
     logs.configure(level=args.log_level, fmt=args.log_format, stream=stream)
     handler = getattr(args, "handler", None)
     if handler is None:

@@ -7,6 +7,11 @@ CLI prints it and exits, never a traceback.
 Environment overrides: ``MWC__<SECTION>__<KEY>=value`` (double underscores separate the path;
 list items by index, e.g. ``MWC__GUNS__1__CABLE_RATING_A=1000``). The value is read as a TOML
 value when it parses as one (numbers, booleans, arrays), else as a string.
+
+The model is assembled here from sections; the base class and ``ConfigError`` live in
+``controller/config_base.py``, the ``[mqtt]`` section in ``controller/config_mqtt.py``, the
+environment overlay and the wording of errors in ``controller/config_load.py``. Every name is
+re-exported here: ``from controller.config import X`` is the way in.
 """
 
 from __future__ import annotations
@@ -17,117 +22,23 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+from pydantic import Field, ValidationError, model_validator
 
+from controller.config_base import ConfigError as ConfigError
+from controller.config_base import ConfigModel as ConfigModel
+from controller.config_base import reveal as reveal
+from controller.config_load import ENV_PREFIX as ENV_PREFIX
+from controller.config_load import apply_env as apply_env
+from controller.config_load import format_errors
+from controller.config_mqtt import MqttConfig as MqttConfig
+from controller.config_mqtt import TlsConfig as TlsConfig
+from controller.config_mqtt import TopicsConfig as TopicsConfig
 from controller.ocpp.config import OcppConfig
 from power.modbus_base import DeviceEndpoint, LinkSettings
 from power.modbus_driver import HardwareConfig
 from power.modbus_map import meter_unit
 from power.power_unit import PowerUnitConfig
 from power.secc_map import secc_port, secc_unit
-
-ENV_PREFIX = "MWC__"
-
-
-class ConfigError(Exception):
-    """A configuration mistake, with a message fit for the operator."""
-
-
-class ConfigModel(BaseModel):
-    """The base of every configuration section: unknown keys, NaN and inf are errors, and a
-    loaded configuration cannot change under the running station."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
-
-    @classmethod
-    def default_of(cls, name: str) -> Any:
-        """The default of field ``name``: code that needs it reads it here, so a default is
-        written once, in the model."""
-        field = cls.model_fields.get(name)
-        if field is None or field.is_required():
-            raise KeyError(f"{cls.__name__}.{name} has no default")
-        return field.get_default(call_default_factory=True)
-
-
-def reveal(secret: SecretStr | None) -> str:
-    """The text of a configured secret, for the one place that must send it (MQTT login,
-    OCPP Basic auth, the device model's write-only password); "" when unset. Everywhere else
-    the ``SecretStr`` prints as ``**********``."""
-    return "" if secret is None else secret.get_secret_value()
-
-
-# ------------------------------------------------------------------------- [mqtt] section
-class TlsConfig(ConfigModel):
-    """TLS towards the broker; client certificate optional (``cert_file`` + ``key_file``)."""
-
-    ca_file: str | None = None  # None: the system trust store
-    cert_file: str | None = None
-    key_file: str | None = None
-    insecure: bool = False  # skip host name verification (test rigs only)
-
-    @model_validator(mode="after")
-    def _pair(self) -> TlsConfig:
-        if (self.cert_file is None) != (self.key_file is None):
-            raise ValueError("tls.cert_file and tls.key_file must be given together")
-        return self
-
-
-class TopicsConfig(ConfigModel):
-    """Topic names; ``{station_id}`` is replaced by the station's id."""
-
-    grid_limit: str = "mwc/{station_id}/grid/limit"
-    site_limit: str | None = None  # a site-wide limit topic shared by stations; off by default
-    status: str = "mwc/{station_id}/status"
-    telemetry: str = "mwc/{station_id}/telemetry"
-    events: str = "mwc/{station_id}/events"
-
-    @model_validator(mode="after")
-    def _no_wildcards(self) -> TopicsConfig:
-        for name, topic in self.model_dump().items():
-            if topic is not None and (not topic or "+" in topic or "#" in topic):
-                raise ValueError(f"topics.{name} = {topic!r}: expected a topic name without "
-                                 "wildcards (+, #)")
-        return self
-
-
-class MqttConfig(ConfigModel):
-    """The ``[mqtt]`` section. The grid fallback lives in ``[station] fallback_grid_kw``."""
-
-    host: str = "127.0.0.1"
-    port: int = Field(default=1883, ge=1, le=65535)
-    tls: TlsConfig | None = None
-    username: str | None = None
-    password: SecretStr | None = None
-    client_id: str | None = None  # default "mwc-<station_id>"
-    keepalive_s: int = Field(default=15, ge=1, le=65535)
-    timeout_s: float = Field(default=5.0, gt=0)  # connect, subscribe, QoS 1 publish
-    reconnect_min_s: float = Field(default=0.5, gt=0)
-    reconnect_max_s: float = Field(default=30.0, gt=0)
-    topics: TopicsConfig = TopicsConfig()
-    telemetry_period_s: float = Field(default=1.0, gt=0)
-    telemetry_queue: int = Field(default=4, ge=1)
-    event_queue: int = Field(default=10_000, ge=1, le=1_000_000)
-    recent_ids: int = Field(default=256, ge=1, le=100_000)  # ids kept per topic (duplicates)
-    max_valid_for_s: float = Field(default=86_400.0, gt=0)
-    max_clock_skew_s: float = Field(default=5.0, ge=0)  # how far issued_at may be ahead
-    max_payload_bytes: int = Field(default=4096, ge=64)
-
-    @model_validator(mode="after")
-    def _backoff_order(self) -> MqttConfig:
-        if self.reconnect_max_s < self.reconnect_min_s:
-            raise ValueError("reconnect_max_s must be >= reconnect_min_s")
-        return self
-
-    def topic(self, name: str, station_id: str) -> str:
-        """A configured topic with ``{station_id}`` filled in."""
-        template: str | None = getattr(self.topics, name)
-        if template is None:
-            raise KeyError(f"topic {name!r} is not configured")
-        return template.replace("{station_id}", station_id)
-
-    def safe_dump(self) -> dict[str, Any]:
-        """The configuration for logs: the password masked by SecretStr."""
-        return self.model_dump(mode="json")
 
 
 class Address(ConfigModel):
@@ -389,108 +300,13 @@ class StationConfig(ConfigModel):
 
 
 # ---------------------------------------------------------------------------- loading
-def _env_value(raw: str) -> Any:
-    try:
-        return tomllib.loads(f"v = {raw}")["v"]
-    except tomllib.TOMLDecodeError:
-        return raw
-
-
-def apply_env(data: dict[str, Any], env: Mapping[str, str]) -> dict[str, Any]:
-    """Overlay ``MWC__A__B=value`` variables onto the parsed TOML (a new dict)."""
-    out: dict[str, Any] = _deep_copy(data)
-    for name, raw in sorted(env.items()):
-        if not name.startswith(ENV_PREFIX):
-            continue
-        path = [p.lower() for p in name[len(ENV_PREFIX):].split("__") if p]
-        if not path:
-            continue
-        node: Any = out
-        for i, key in enumerate(path[:-1]):
-            node = _child(node, key, name, path[i + 1])
-        _assign(node, path[-1], _env_value(raw), name)
-    return out
-
-
-def _deep_copy(x: Any) -> Any:
-    if isinstance(x, dict):
-        return {k: _deep_copy(v) for k, v in x.items()}
-    if isinstance(x, list):
-        return [_deep_copy(v) for v in x]
-    return x
-
-
-def _child(node: Any, key: str, var: str, next_key: str) -> Any:
-    if isinstance(node, list):
-        if not key.isdigit() or int(key) >= len(node):
-            raise ConfigError(f"{var}: list index {key!r} does not exist in the file")
-        return node[int(key)]
-    if not isinstance(node, dict):
-        raise ConfigError(f"{var}: {key!r} is not a section")
-    if key not in node:
-        node[key] = [] if next_key.isdigit() else {}
-    return node[key]
-
-
-def _assign(node: Any, key: str, value: Any, var: str) -> None:
-    if isinstance(node, list):
-        if not key.isdigit() or int(key) >= len(node):
-            raise ConfigError(f"{var}: list index {key!r} does not exist in the file")
-        node[int(key)] = value
-    elif isinstance(node, dict):
-        node[key] = value
-    else:
-        raise ConfigError(f"{var}: cannot set {key!r} inside a plain value")
-
-
-def _loc(parts: tuple[int | str, ...]) -> str:
-    out = ""
-    for p in parts:
-        out += f"[{p}]" if isinstance(p, int) else (f".{p}" if out else str(p))
-    return out or "(top level)"
-
-
-_SECRET_WORDS = ("password", "passphrase", "secret", "token")
-
-
-def _shown(err: Any) -> str:
-    """The offending value for the message; never the value of a secret key."""
-    if any(w in str(part).lower() for part in err["loc"] for w in _SECRET_WORDS):
-        return "(secret, not shown)"
-    return repr(err.get("input"))
-
-
-def _format_errors(exc: ValidationError) -> str:
-    """The operator's message: location, value and what is expected; secrets are never
-    echoed, nor the values of unknown keys (a misspelled password key would be one)."""
-    lines = []
-    for err in exc.errors():
-        loc = _loc(tuple(err["loc"]))
-        if err["type"] == "missing":
-            lines.append(f"{loc}: missing; expected a value for {err['loc'][-1]!r} "
-                         "(see deploy/mwc.example.toml)")
-        elif err["type"] == "extra_forbidden":
-            lines.append(f"{loc}: unknown key; check the spelling "
-                         "against deploy/mwc.example.toml")
-        else:
-            msg = str(err["msg"]).removeprefix("Value error, ")
-            msg = msg.removeprefix("Input should be ")
-            if msg.startswith(("greater", "less")):
-                msg = f"a value {msg}"
-            if isinstance(err.get("input"), dict):  # a whole section: the message names the key
-                lines.append(f"{loc}: {msg}")
-            else:
-                lines.append(f"{loc} = {_shown(err)}: expected {msg}")
-    return "invalid configuration:\n  " + "\n  ".join(lines)
-
-
 def parse_config(data: Mapping[str, Any], env: Mapping[str, str] | None = None) -> StationConfig:
     """Validate parsed TOML (plus ``env`` overrides) into a :class:`StationConfig`."""
     merged = apply_env(dict(data), env or {})
     try:
         return StationConfig.model_validate(merged)
     except ValidationError as exc:
-        raise ConfigError(_format_errors(exc)) from None
+        raise ConfigError(format_errors(exc)) from None
 
 
 def load_config(path: str | Path, env: Mapping[str, str] | None = None) -> StationConfig:

@@ -122,8 +122,8 @@ class ControlServer:
         if server is None:
             return
         server.close()
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(server.wait_closed(), 2.0)
+        await logs.closing_step(asyncio.wait_for(server.wait_closed(), 2.0), self._log,
+                                "control socket server")
         with contextlib.suppress(OSError):
             if stat.S_ISSOCK(self.path.lstat().st_mode):
                 self.path.unlink()
@@ -145,12 +145,11 @@ class ControlServer:
                 self._log.exception("control request failed")
                 reply = {"ok": False, "error": f"internal error: {exc!r}"}
             writer.write(json.dumps(reply).encode() + b"\n")
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(writer.drain(), REQUEST_TIMEOUT_S)
+            await logs.closing_step(asyncio.wait_for(writer.drain(), REQUEST_TIMEOUT_S),
+                                    self._log, "control reply")
         finally:
             writer.close()
-            with contextlib.suppress(Exception):
-                await writer.wait_closed()
+            await logs.closing_step(writer.wait_closed(), self._log, "control connection")
 
 
 async def _alive(path: Path) -> bool:
@@ -159,8 +158,8 @@ async def _alive(path: Path) -> bool:
     except (OSError, TimeoutError):
         return False
     w.close()
-    with contextlib.suppress(Exception):
-        await w.wait_closed()
+    await logs.closing_step(w.wait_closed(), logs.get_logger("controller.control"),
+                            "control socket probe")
     return True
 
 
@@ -188,8 +187,8 @@ async def request(path: str | Path, payload: dict[str, Any],
         raise ControlError(f"control socket {p}: no answer ({exc!r})") from None
     finally:
         writer.close()
-        with contextlib.suppress(Exception):
-            await writer.wait_closed()
+        await logs.closing_step(writer.wait_closed(), logs.get_logger("controller.control"),
+                                "control request")
     try:
         reply = json.loads(line)
     except json.JSONDecodeError:

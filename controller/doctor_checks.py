@@ -336,7 +336,8 @@ async def check_ocpp(cfg: OcppConfig, station_id: str, timeout_s: float) -> str:
     where = f"{parts.hostname}:{parts.port or (443 if parts.scheme == 'wss' else 80)}"
     stored = (stored_password(cfg.database, cfg.version) if cfg.security_profile in (1, 2)
               else None)
-    password = stored or cfg.password
+    password = stored or (cfg.password.get_secret_value() if cfg.password is not None
+                          else None)
     where_stored = "the device model" if cfg.version == "2.0.1" else "AuthorizationKey"
     source = (f"{where_stored} in {cfg.database}, set by the backend" if stored
               else "[ocpp] password")

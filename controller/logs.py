@@ -21,9 +21,9 @@ import json
 import logging
 import re
 import sys
-from collections.abc import Iterable
+from collections.abc import Awaitable, Iterable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import IO, TYPE_CHECKING, Any, Literal
 
 import structlog
 
@@ -31,6 +31,7 @@ if TYPE_CHECKING:
     from controller.config import StationConfig
 
 Format = Literal["json", "console", "auto"]
+StdName = Literal["stdout", "stderr"]
 REDACTED = "[REDACTED]"
 
 _configured = False
@@ -102,7 +103,9 @@ def add_key_file(path: str | None) -> None:
 def register_config_secrets(cfg: StationConfig) -> None:
     """Register every secret of a loaded configuration (call before anything connects)."""
     if cfg.ocpp is not None:
-        add_secret(cfg.ocpp.password, user=cfg.ocpp.station_id or cfg.station.id)
+        ocpp_pw = cfg.ocpp.password
+        add_secret(ocpp_pw.get_secret_value() if ocpp_pw is not None else None,
+                   user=cfg.ocpp.station_id or cfg.station.id)
         add_key_file(cfg.ocpp.key_file)
     if cfg.mqtt is not None:
         pw = cfg.mqtt.password
@@ -196,10 +199,45 @@ def set_fold_interval(seconds: float) -> None:
     _fold.interval_s = seconds
 
 
-def configure(level: str = "INFO", fmt: Format = "auto", stream: Any = None) -> None:
-    """Configure structlog and the stdlib root logger; later calls reconfigure."""
+class StdStreamHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Writes to ``sys.stdout`` or ``sys.stderr`` as it is when a line is written, not as
+    it was when logging was configured: whoever replaces the process's stream later (a
+    test's output capture, which closes its stream when the test ends) gets the lines,
+    and no line goes to a stream that has since been closed (the stdlib's last-resort
+    handler does the same)."""
+
+    def __init__(self, which: StdName) -> None:
+        self.which = which
+        super().__init__()
+
+    @property
+    def stream(self) -> Any:
+        return getattr(sys, self.which)
+
+    @stream.setter
+    def stream(self, _value: Any) -> None:
+        """Ignored: the stream is always the process's current one."""
+
+
+def configure(level: str = "INFO", fmt: Format = "auto",
+              stream: StdName | IO[str] | None = None) -> None:
+    """Configure structlog and the stdlib root logger; later calls reconfigure.
+
+    ``stream`` is ``"stdout"`` (the default) or ``"stderr"`` — looked up whenever a line is
+    written — or a file the caller owns and keeps open while it stays configured (configure
+    again before closing it).
+    """
     global _configured
-    out = stream if stream is not None else sys.stdout
+    target: StdName | IO[str] = stream if stream is not None else "stdout"
+    handler: logging.Handler
+    if isinstance(target, str):
+        if target not in ("stdout", "stderr"):
+            raise ValueError(f"log stream {target!r}: expected 'stdout', 'stderr' or a file")
+        handler = StdStreamHandler(target)
+        out: Any = getattr(sys, target)
+    else:
+        handler = logging.StreamHandler(target)
+        out = target
     if fmt == "auto":
         fmt = "console" if getattr(out, "isatty", lambda: False)() else "json"
     shared: list[Any] = [
@@ -228,7 +266,6 @@ def configure(level: str = "INFO", fmt: Format = "auto", stream: Any = None) -> 
         processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, redact,
                     renderer, redact],
     )
-    handler = logging.StreamHandler(out)
     handler.setFormatter(formatter)
     handler.addFilter(_fold)
     root = logging.getLogger()
@@ -242,6 +279,16 @@ def configure(level: str = "INFO", fmt: Format = "auto", stream: Any = None) -> 
     for name in ("pymodbus", "websockets", "aiomqtt", "asyncio", "numba"):
         logging.getLogger(name).setLevel(quiet)
     _configured = True
+
+
+async def closing_step(step: Awaitable[Any], log: Any, what: str) -> None:
+    """Await ``step``, one step of closing a connection or server whose failure changes
+    nothing (the peer is gone, the socket already broken): the failure is logged at debug
+    naming ``what`` — never silently lost — and does not propagate."""
+    try:
+        await step
+    except Exception as exc:
+        log.debug("close step failed", step=what, error=repr(exc)[:200])
 
 
 def get_logger(name: str | None = None, **context: Any) -> Any:

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import asyncio
 import bisect
-import contextlib
 import math
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
@@ -316,8 +315,7 @@ class MetricsExporter:
         self._off()
         if self._server is not None:
             self._server.close()
-            with contextlib.suppress(Exception):
-                await self._server.wait_closed()
+            await logs.closing_step(self._server.wait_closed(), self.log, "metrics server")
             self._server = None
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -332,8 +330,7 @@ class MetricsExporter:
             pass  # a slow, broken or oversized request: just close
         finally:
             writer.close()
-            with contextlib.suppress(Exception):
-                await writer.wait_closed()
+            await logs.closing_step(writer.wait_closed(), self.log, "metrics connection")
 
     @staticmethod
     async def _request(reader: asyncio.StreamReader) -> tuple[str, str]:

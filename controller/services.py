@@ -16,12 +16,12 @@ from typing import TYPE_CHECKING, Any
 
 from controller import logs
 from controller.config import StationConfig
+from controller.ocpp.ports import OcppClientPort, StationPort
 from controller.station import Station
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # optional at run time: imported where used
     from controller.metrics import MetricsExporter
     from controller.mqtt import MqttConnection
-    from controller.ocpp.ports import OcppClientPort, StationPort
 
 #: How long the OCPP client gets to close its connection cleanly (close frame, the running
 #: call answered) when the services stop, before its task is cancelled.

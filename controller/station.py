@@ -9,7 +9,9 @@ Observers (``subscribe``) receive every :class:`~controller.session.SessionEvent
 (state_changed, authorized, charging_started, charging_stopped), a :class:`MeterSample` per
 charging gun and cycle, and a :class:`CycleEvent` per cycle. They are called synchronously
 inside the cycle, so they must not block (queue the work); an observer that raises is logged
-and skipped.
+and skipped. The event types live in ``controller/station_events.py``; what the outside asked
+of each gun (authorization, stops, fault clears, availability) and the rules for it in
+``controller/gun_requests.py``. Both are re-exported here.
 """
 
 from __future__ import annotations
@@ -18,8 +20,8 @@ import asyncio
 import contextlib
 import math
 import time
-from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, replace
+from collections.abc import Callable, Sequence
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -36,44 +38,27 @@ from controller.cycle import (
     vehicle_limits,
 )
 from controller.decide import decide
+from controller.gun_requests import Authorizer as Authorizer
+from controller.gun_requests import GunRequests
 from controller.limits import Limit, LimitBook, LimitKey
 from controller.logfold import DeviceErrorFolder, HardwareSummary
 from controller.module_care import ModuleCare
-from controller.module_faults import ModuleFaultEvent, ModuleFaultPolicy
-from controller.records import CycleRecord, GunRecord
+from controller.module_faults import ModuleFaultPolicy
+from controller.records import CycleRecord
 from controller.recovery import CommRecovery
 from controller.safety import SafetyMonitor, Violation
 from controller.session import ENERGY_STATES, GunSession, GunState, SessionEvent
 from controller.shutdown import Pause, StopReport, stop_hardware
+from controller.station_events import CycleEvent as CycleEvent
+from controller.station_events import MeterSample as MeterSample
+from controller.station_events import Observer as Observer
+from controller.station_events import StationEvent as StationEvent
+from controller.station_events import emit
 from controller.vehicle import VehicleLink, VehicleStatus
 from power import allocator
 from power.hardware_api import StationHardware
 from power.modbus_driver import HardwareConfig, HardwareSnapshot
 from power.power_unit import PowerUnitConfig, make_hardware
-
-Authorizer = Callable[[int, str | None], Awaitable[bool]]
-
-
-@dataclass(frozen=True, slots=True)
-class MeterSample:
-    """One cycle's measured values of a gun with a running transaction."""
-
-    gun: int
-    t: float
-    record: GunRecord
-    kind: str = "meter_sample"
-
-
-@dataclass(frozen=True, slots=True)
-class CycleEvent:
-    """A finished cycle (telemetry, logs)."""
-
-    record: CycleRecord
-    kind: str = "cycle"
-
-
-StationEvent = SessionEvent | MeterSample | CycleEvent | ModuleFaultEvent
-Observer = Callable[[StationEvent], None]
 
 
 def _wall() -> str:
@@ -111,7 +96,6 @@ class Station:
         #: extra cycles one module response time after a woken one, to read the meters
         self.confirmations = 0
         install_static_limits(self.limits, config)
-        self.authorizer = authorizer
         g_n = self.params.guns
         self.seq = 0
         self.overruns = 0
@@ -121,11 +105,12 @@ class Station:
         self.jit_cold = False  # the last start found no compiled kernel in the cache
         self.log = logs.get_logger("controller.station", station=config.station.id)
         self._observers: list[Observer] = []
-        self._faults: list[str | None] = [None] * g_n
-        self._unavailable: list[bool] = [False] * g_n  # OCPP Inoperative, kept on restart
         self._emergency: str | None = None
         self._wake = asyncio.Event()
         self._tasks: set[asyncio.Task[Any]] = set()
+        #: what the outside asked of each gun; faults and availability are kept on restart
+        self.requests = GunRequests(g_n, authorizer, config.station.free_charging,
+                                    self._tasks, self.log)
         #: waits between the stop sequence's polls (a simulated clock's test advances there)
         self._pause: Pause = pause or asyncio.sleep
         #: what the last stop sequence could not do (None before the first close)
@@ -148,9 +133,7 @@ class Station:
         self.sessions: tuple[GunSession, ...] = tuple(GunSession(g) for g in range(g_n))
         self.memory = CycleMemory()
         self.last_record: CycleRecord | None = None
-        self._auth: list[bool | None] = [None] * g_n
-        self._stops: list[str | None] = [None] * g_n
-        self._clear: list[bool] = [False] * g_n
+        self.requests.fresh()
         self._cuts: frozenset[int] = frozenset()
         self._stopping = False
         self.care = ModuleCare(self.hw, self.config.station.watchdog_ms, self.recovery,
@@ -166,11 +149,21 @@ class Station:
         return lambda: self._observers.remove(observer) if observer in self._observers else None
 
     def _emit(self, event: StationEvent) -> None:
-        for obs in list(self._observers):
-            try:
-                obs(event)
-            except Exception:
-                self.log.exception("observer failed", kind=event.kind)
+        emit(self._observers, event, self.log)
+
+    @property
+    def authorizer(self) -> Authorizer | None:
+        return self.requests.authorizer
+
+    @authorizer.setter
+    def authorizer(self, authorizer: Authorizer | None) -> None:
+        """Wired after construction when the authorizer needs the station (OCPP)."""
+        self.requests.authorizer = authorizer
+
+    @property
+    def _faults(self) -> list[str | None]:
+        """The latched gun faults (tests latch one directly to show a Faulted gun)."""
+        return self.requests.faults
 
     def emergency_stop(self, reason: str = "emergency stop") -> None:
         """All setpoints to 0 within one cycle (the next cycle starts at once); every session
@@ -184,16 +177,15 @@ class Station:
     def clear_emergency_stop(self) -> None:
         """Lift the emergency stop; the Faulted guns return to Available."""
         self._emergency = None
-        self._clear = [True] * self.params.guns
+        self.requests.clear_all()
 
     def stop_charging(self, gun: int, reason: str = "Remote") -> None:
         """End the gun's session (OCPP RequestStopTransaction, local stop button)."""
-        self._stops[gun] = reason
+        self.requests.stop(gun, reason)
 
     def clear_fault(self, gun: int) -> None:
         """Acknowledge a gun fault: Faulted → Available (when the cause is gone)."""
-        self._faults[gun] = None
-        self._clear[gun] = True
+        self.requests.clear_fault(gun)
         self.recovery.forget(gun)
 
     @property
@@ -214,18 +206,12 @@ class Station:
 
     def set_authorization(self, gun: int, accepted: bool) -> None:
         """Authorization result for the gun's waiting session (OCPP wires this)."""
-        self._auth[gun] = accepted
+        self.requests.set_authorization(gun, accepted)
 
     def set_available(self, gun: int, available: bool) -> None:
         """OCPP ChangeAvailability: an inoperative gun starts no session (its authorization
         is refused without asking, even with free charging); a running session goes on."""
-        self._unavailable[gun] = not available
-        waiting = self.sessions[gun].state is GunState.PREPARING
-        if not available and waiting:
-            self._auth[gun] = False
-        elif available and waiting and self._auth[gun] is False:
-            self._auth[gun] = None
-            self._request_auth(gun, self.sessions[gun].id_token)
+        self.requests.set_available(gun, available, self.sessions[gun])
 
     def _limit_decreased(self, scope: str, key: LimitKey, limit: Limit) -> None:
         """A lower grid / OCPP / other outside limit acts at once: wake the cycle (the
@@ -407,18 +393,19 @@ class Station:
         measured = self.safety.check(snap)
         self._handle_persistent(measured)
         self.seq += 1
+        req = self.requests.snapshot()
         inputs = CycleInputs(
             seq=self.seq, now=now, wall_time=self.wall_clock(), snapshot=snap,
             vehicles=statuses, sessions=self.sessions, limits=self.limits, memory=self.memory,
-            auth=tuple(self._auth), stops=tuple(self._stops), faults=tuple(self._faults),
-            clear_faults=tuple(self._clear), cut_modules=self._cuts | self._cut(measured),
+            auth=req.auth, stops=req.stops, faults=req.faults,
+            clear_faults=req.clear_faults, cut_modules=self._cuts | self._cut(measured),
             emergency=self._emergency,
         )
         decision = decide(inputs, self.params)
         guarded = self.safety.guard(decision, snap)
         self._cuts = self._cut(guarded)
         self.safety.remember(decision.memory)
-        self._clear = [False] * self.params.guns
+        self.requests.decided()
         old = self.sessions
         self.sessions = decision.sessions
         self.memory = decision.memory
@@ -481,8 +468,7 @@ class Station:
     def _handle_persistent(self, found: list[Violation]) -> None:
         for v in self.safety.persistent(found):
             for g in v.guns or range(self.params.guns):
-                if self._faults[g] is None:
-                    self._faults[g] = f"safety: {v}"
+                if self.requests.fault(g, f"safety: {v}"):
                     self.log.error("persistent safety violation: gun faulted", gun=g,
                                    violation=str(v))
 
@@ -492,7 +478,7 @@ class Station:
             if self.sessions[g].state is GunState.FAULTED and self._faults[g] is None:
                 self.log.info("communication back with sane readings: gun fault cleared",
                               gun=g, fault=self.sessions[g].reason)
-                self._clear[g] = True
+                self.requests.acknowledge(g)
         for ev in events:
             if (ev.kind == "state_changed" and ev.state is GunState.FAULTED
                     and self._faults[ev.gun] is None and not self._emergency
@@ -503,33 +489,9 @@ class Station:
                 self.log.info("gun state", gun=ev.gun, state=ev.state.value,
                               previous=ev.previous.value if ev.previous else None,
                               reason=ev.reason)
-                if ev.state is GunState.PREPARING:
-                    self._auth[ev.gun] = None
-                    self._request_auth(ev.gun, ev.id_token)
-                if ev.state in (GunState.AVAILABLE, GunState.FINISHING, GunState.FAULTED):
-                    self._stops[ev.gun] = None
+            self.requests.on_events((ev,))  # before the observers: they may answer at once
             self._emit(ev)
         for s, gr in zip(self.sessions, record.guns, strict=True):
             if s.state in ENERGY_STATES:
                 self._emit(MeterSample(s.gun, record.t, gr))
         self._emit(CycleEvent(record))
-
-    def _request_auth(self, g: int, token: str | None) -> None:
-        if self._unavailable[g]:
-            self._auth[g] = False
-            return
-        if self.config.station.free_charging or self.authorizer is None:
-            return
-        authorizer = self.authorizer
-
-        async def ask() -> None:
-            try:
-                ok = await authorizer(g, token)
-            except Exception as exc:
-                self.log.error("authorizer failed", gun=g, error=repr(exc))
-                ok = False
-            self._auth[g] = bool(ok)
-
-        task = asyncio.ensure_future(ask())
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)

@@ -98,8 +98,8 @@ class LiveView:
             _offer(q, b"")  # ends the stream
         if self._server is not None:
             self._server.close()
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(self._server.wait_closed(), 2.0)
+            await logs.closing_step(asyncio.wait_for(self._server.wait_closed(), 2.0),
+                                    self.log, "webview server")
             self._server = None
 
     # ------------------------------------------------------------------ pushing
@@ -163,8 +163,7 @@ class LiveView:
             pass
         finally:
             writer.close()
-            with contextlib.suppress(Exception):
-                await writer.wait_closed()
+            await logs.closing_step(writer.wait_closed(), self.log, "webview connection")
 
     @staticmethod
     async def _request(reader: asyncio.StreamReader
@@ -259,8 +258,7 @@ class LiveView:
         finally:
             self.clients.discard(q)
             writer.close()
-            with contextlib.suppress(Exception):
-                await writer.wait_closed()
+            await logs.closing_step(writer.wait_closed(), self.log, "webview connection")
 
 
 def _offer(q: asyncio.Queue[bytes], frame: bytes) -> None:

@@ -234,7 +234,7 @@ def main(argv: list[str] | None = None) -> int:
     register(parser.add_subparsers(dest="command"))
     args = parser.parse_args(["--log-level", "INFO", "sim", *(sys.argv[1:] if argv is None
                                                            else argv)])
-    logs.configure(level=args.log_level, stream=sys.stderr)
+    logs.configure(level=args.log_level, stream="stderr")
     return int(args.handler(args) or 0)
 
 

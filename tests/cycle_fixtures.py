@@ -13,7 +13,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-from controller.clock import SimClock
+from controller.clock import SimClock as SimClock
 from controller.config import StationConfig, parse_config
 from controller.records import CycleRecord
 from controller.station import Station, StationEvent

@@ -88,7 +88,7 @@ class Rig:
         await self.hw.stop()
         stepper = RealTimeStepper(self.physics)
         stepper.start()
-        await asyncio.sleep(seconds)
+        await asyncio.sleep(seconds)  # the outage itself: its length is the test's input
         await stepper.stop()
         if restart_state:
             mx = self.physics.matrix

@@ -2,18 +2,26 @@
 
 ``eventually`` is the one way a test waits for something another task or process does (no
 fixed sleeps): it polls a condition until it holds or a generous deadline passes, then fails
-naming what it waited for. ``Certs`` builds a throw-away CA and the leaf certificates the
-TLS tests need (EC P-256, valid from five minutes ago for two days).
+naming what it waited for. ``closed_port`` gives a port where nothing listens and nothing can
+start listening while the test runs (servers under test bind port 0 and report theirs);
+``free_port_block`` (from ``sim.ports``) gives consecutive free ports below the ephemeral
+range for the few that cannot (configuration written before the processes start).
+``certificate`` builds a throw-away CA and the leaf certificates the TLS tests need (EC
+P-256, valid from five minutes ago for two days).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import inspect
 import ipaddress
+import logging
+import os
+import socket
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,6 +30,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from sim.ports import free_port_block as free_port_block  # the one copy; tests import it here
 
 Condition = Callable[[], Any | Awaitable[Any]]
 
@@ -49,6 +59,67 @@ async def eventually(pred: Condition, timeout: float = 10.0, step: float = 0.01,
             extra = f"; {detail()!r}" if detail is not None else ""
             raise AssertionError(f"{what} not met within {timeout} s{extra}")
         await asyncio.sleep(step)
+
+
+@contextlib.contextmanager
+def closed_port() -> Iterator[int]:
+    """A loopback port that refuses connections for the block: bound (without SO_REUSEADDR)
+    but not listening, so no other process can take it and start listening there — unlike
+    a port merely found free, which may be taken before the test uses it."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        yield int(s.getsockname()[1])
+
+
+@contextlib.contextmanager
+def logged_events(logger: str) -> Iterator[list[dict[str, Any]]]:
+    """The structured events ``logger`` (and its children) log at INFO and up during the
+    block, as dicts: how a test learns the port a server started inside the code under test
+    bound (port 0; e.g. ``metrics_listening``, ``webview_listening``)."""
+    events: list[dict[str, Any]] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            if isinstance(record.msg, dict):  # structlog's event dict (controller/logs.py)
+                events.append(dict(record.msg))
+
+    handler = Keep(logging.INFO)
+    log = logging.getLogger(logger)
+    saved = log.level
+    log.addHandler(handler)
+    if not log.isEnabledFor(logging.INFO):
+        log.setLevel(logging.INFO)
+    try:
+        yield events
+    finally:
+        log.removeHandler(handler)
+        log.setLevel(saved)
+
+
+def logged(events: list[dict[str, Any]], event: str, key: str) -> Any:
+    """Field ``key`` of the first ``event`` in ``events`` (None until one was logged)."""
+    return next((e[key] for e in events if e.get("event") == event and key in e), None)
+
+
+def listening_ports(pid: int | None = None) -> set[int]:
+    """The TCP ports process ``pid`` (this one by default) listens on, from Linux /proc: a
+    connection alone may reach another process that has the port."""
+    inodes: dict[str, int] = {}
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(OSError), open(table) as f:
+            for line in f.readlines()[1:]:
+                cols = line.split()
+                if cols[3] == "0A":  # LISTEN
+                    inodes[f"socket:[{cols[9]}]"] = int(cols[1].rsplit(":", 1)[1], 16)
+    fd_dir = f"/proc/{os.getpid() if pid is None else pid}/fd"
+    ports: set[int] = set()
+    with contextlib.suppress(OSError):
+        for fd in os.listdir(fd_dir):
+            with contextlib.suppress(OSError):
+                link = os.readlink(f"{fd_dir}/{fd}")
+                if link in inodes:
+                    ports.add(inodes[link])
+    return ports
 
 
 # ---------------------------------------------------------------------------- certificates

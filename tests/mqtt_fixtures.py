@@ -23,7 +23,7 @@ from typing import Any
 
 import aiomqtt
 import pytest
-from helpers import certificate
+from helpers import certificate, listening_ports
 from helpers import eventually as eventually  # the shared one; tests import it from here
 
 from controller.clock import SimClock, iso_utc
@@ -36,7 +36,14 @@ needs_mosquitto = pytest.mark.skipif(not os.path.exists(MOSQUITTO),
                                      reason="mosquitto not installed (make system-deps)")
 
 
-def free_port() -> int:
+class PortTaken(RuntimeError):
+    """The broker could not bind its port: another process has it."""
+
+
+def _pick_port() -> int:
+    """A loopback port free *now*, for a server that cannot bind port 0 and report it
+    (mosquitto). It may be taken before the server binds it: such a server's fixture retries
+    (``Mosquitto.start``); every server that can bind port 0 does so instead."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
@@ -73,8 +80,12 @@ class Mosquitto:
     pki: Pki | None = None
     require_client_cert: bool = False
     users: dict[str, str] | None = None
-    port: int = field(default_factory=free_port)
+    port: int = field(default_factory=_pick_port)
+    #: the test uses ``port`` before the first start: a taken port fails the start instead
+    #: of moving the broker (see ``start``)
+    pinned: bool = False
     proc: subprocess.Popen[bytes] | None = None
+    _started: bool = field(default=False, init=False, repr=False)
 
     @property
     def conf(self) -> Path:
@@ -101,20 +112,45 @@ class Mosquitto:
                       f"require_certificate {'true' if self.require_client_cert else 'false'}"]
         self.conf.write_text("\n".join(lines) + "\n")
 
-    def start(self, timeout: float = 5.0) -> None:
-        if not self.conf.exists():
-            self.write_config()
+    def start(self, timeout: float = 5.0, tries: int = 3) -> None:
+        """Start the broker and wait until it accepts connections.
+
+        Mosquitto cannot bind port 0 and report it, so the port is picked first and another
+        process may take it before the broker binds it: on "address in use" the *first*
+        start of a broker whose configuration this fixture writes moves to a new port, up to
+        ``tries`` times. A ``pinned`` broker (the test handed its port out before starting
+        it), a restart (clients know the port) or a configuration the test wrote fails."""
+        own_conf = not self.conf.exists()
+        for attempt in range(tries):
+            if own_conf:
+                self.write_config()
+            try:
+                self._start_once(timeout)
+                self._started = True
+                return
+            except PortTaken:
+                if not own_conf or self.pinned or self._started or attempt == tries - 1:
+                    raise
+                self.port = _pick_port()
+                (self.directory / "mosquitto.log").unlink(missing_ok=True)
+
+    def _start_once(self, timeout: float) -> None:
         self.proc = subprocess.Popen([MOSQUITTO, "-c", str(self.conf)],
                                      stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 err = self.proc.stderr.read().decode() if self.proc.stderr else ""
-                raise RuntimeError(f"mosquitto exited: {err} {self.log()}")
-            with contextlib.suppress(OSError), socket.create_connection(
-                    ("127.0.0.1", self.port), timeout=0.2):
-                return
-            time.sleep(0.01)
+                self.stop()
+                log = self.log()
+                if "in use" in err + log:
+                    raise PortTaken(f"mosquitto: port {self.port} is taken: {err} {log}")
+                raise RuntimeError(f"mosquitto exited: {err} {log}")
+            if self.port in listening_ports(self.proc.pid):  # ours, not another listener
+                with contextlib.suppress(OSError), socket.create_connection(
+                        ("127.0.0.1", self.port), timeout=0.2):
+                    return
+            time.sleep(0.01)  # polling a child process: no event to wait on
         self.stop()
         raise RuntimeError(f"mosquitto did not listen on {self.port}: {self.log()}")
 

@@ -20,7 +20,7 @@ from ocpp_fixtures import Backend, Csms, FakeStation, SimWall, ocpp_config, stat
 from test_ocpp_transactions import finish, run_for  # the station's sequences, shared
 
 from controller.ocpp.config import OcppConfig
-from controller.ocpp16.service import Ocpp16Service
+from controller.ocpp.v16.service import Ocpp16Service
 from controller.session import GunState
 
 __all__ = ["Backend16", "charge", "config16", "finish", "online16", "run_for", "shutdown16",

@@ -28,7 +28,8 @@ from ocpp.v201 import ChargePoint, call_result
 from controller.config import parse_config
 from controller.limits import LimitBook
 from controller.ocpp.config import OcppConfig
-from controller.ocpp.service import OcppService
+from controller.ocpp.ports import StationPort
+from controller.ocpp.v201.service import OcppService
 from controller.records import GunRecord
 from controller.session import GunSession, GunState, SessionEvent
 from controller.station import CycleEvent, MeterSample
@@ -129,6 +130,12 @@ class FakeStation:
         rec = GunRecord(g, "Charging", current, volts, current * volts, current, "EV", "ev",
                         (0,), 42.0, self.energy[g])
         self.emit(MeterSample(g, self.wall.mono, rec))
+
+
+def as_station_port(st: FakeStation) -> StationPort:
+    """The type check of the double: mypy refuses this if FakeStation stops being a
+    StationPort (``mypy tests/ocpp_fixtures.py``)."""
+    return st
 
 
 class Csms(ChargePoint):  # type: ignore[misc]

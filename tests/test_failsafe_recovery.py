@@ -59,7 +59,10 @@ async def _fault_and_clear(r: Rig, proc: asyncio.subprocess.Process, module: int
     r.physics.inject_module_fault(module, 5)  # internal: its cause cannot be seen outside
     await until("the controller sees the fault",
                 lambda: bool(_events(r, "module fault faulted")), 10, proc)
-    await asyncio.sleep(2.5)  # resets are tried and refused while the cause is there
+    # resets are tried and refused while the cause is there: a second reset means the
+    # first one left the latch (they repeat every fault_reset_backoff_s while it stays)
+    await until("two fault resets, the first refused",
+                lambda: len(_events(r, "module fault reset")) >= 2, 15, proc)
     assert mod.fault_code == 5
     r.physics.clear_module_fault(module)  # `mwc sim fault module-fault-clear`
     took = await until("module back in the pool (latch reset, output on)",

@@ -5,6 +5,9 @@ from __future__ import annotations
 import io
 import json
 import logging
+import sys
+
+import pytest
 
 from controller import cli, logs
 
@@ -33,3 +36,20 @@ def test_console_format_is_not_json() -> None:
 
 def test_cli_without_command_prints_help_and_fails(capsys: object) -> None:
     assert cli.main([]) == 2
+
+
+def test_named_stream_follows_the_process_stream(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A test's output capture replaces sys.stderr and closes its stream when the test ends:
+    a handler configured by name writes to the stream of the moment, never a closed one."""
+    first, second = io.StringIO(), io.StringIO()
+    monkeypatch.setattr(sys, "stderr", first)
+    logs.configure(level="INFO", fmt="json", stream="stderr")
+    log = logs.get_logger("mwc.test")
+    log.info("to_first")
+    first.close()
+    monkeypatch.setattr(sys, "stderr", second)
+    log.info("to_second")
+    assert [json.loads(line)["event"] for line in second.getvalue().splitlines()] == [
+        "to_second"]
+    with pytest.raises(ValueError, match="'journal'"):
+        logs.configure(stream="journal")  # type: ignore[arg-type]

@@ -22,9 +22,9 @@ from controller.grid import GridLimitSource
 from controller.limits import LimitBook
 from controller.mqtt import MqttConfig, MqttConnection
 from controller.ocpp.config import OcppConfig
-from controller.ocpp.device_model import DeviceModel, default_vars
 from controller.ocpp.smart_charging import Profiles
-from controller.ocpp16.config_keys import ConfigKeys, standard_keys
+from controller.ocpp.v16.config_keys import ConfigKeys, standard_keys
+from controller.ocpp.v201.device_model import DeviceModel, default_vars
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -20,7 +20,6 @@ import logging
 import os
 import signal
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -30,7 +29,8 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cycle_fixtures import config_data, rig, small_truck
-from mqtt_fixtures import Mosquitto, free_port, needs_mosquitto, station_config
+from helpers import closed_port, eventually
+from mqtt_fixtures import Mosquitto, needs_mosquitto, station_config
 from ocpp_fixtures import Backend, ocpp_config
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -93,13 +93,6 @@ def json_lines(text: str) -> list[dict[str, Any]]:
     return out
 
 
-async def wait(pred: Any, timeout: float = 15.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not pred():
-        assert time.monotonic() < deadline, "condition not met"
-        await asyncio.sleep(0.02)
-
-
 def test_a_configuration_error_never_echoes_a_password() -> None:
     data = config_data(modules=4, guns=1)
     data["ocpp"] = {"url": "http://not-a-websocket", "password": OCPP_PW, "pasword": OCPP_PW}
@@ -157,7 +150,8 @@ def test_redaction_of_headers_frames_escapes_and_key_files(tmp_path: Path) -> No
 async def test_no_configured_secret_reaches_the_logs(tmp_path: Path) -> None:
     be = Backend(password="other-password")  # refuses the configured password at first
     await be.start()
-    mq = Mosquitto(tmp_path / "mq", users={MQTT_USER: MQTT_PW})  # down at first
+    mq = Mosquitto(tmp_path / "mq", users={MQTT_USER: MQTT_PW},
+                   pinned=True)  # down at first: the station has its port
     try:
         with captured() as buf:
             async with rig([small_truck("A")], modules=4) as r:
@@ -173,14 +167,18 @@ async def test_no_configured_secret_reaches_the_logs(tmp_path: Path) -> None:
                     "mqtt": station_config(mq, username=MQTT_USER, password=MQTT_PW)})
                 stop = asyncio.Event()
                 task = asyncio.create_task(run_services(r.station, cfg, stop))
-                await asyncio.sleep(0)  # run_services registers the configuration's secrets
+                await eventually(lambda: logs.scrub(OCPP_PW) == logs.REDACTED, 15,
+                                 what="run_services registered the configuration's secrets")
                 logs.get_logger("careless").info("configuration", cfg=cfg.model_dump())
-                await wait(lambda: len(be.auth_seen) >= 2)  # refused, retried
-                await wait(lambda: buf.getvalue().count("mqtt_disconnected") >= 2)
+                await eventually(lambda: len(be.auth_seen) >= 2, 15,  # refused, retried
+                                 what="a second OCPP connection attempt")
+                await eventually(lambda: buf.getvalue().count("mqtt_disconnected") >= 2, 15,
+                                 what="two mqtt_disconnected lines")
                 be.password = OCPP_PW
-                await wait(lambda: bool(be.of("BootNotification")))
+                await eventually(lambda: be.of("BootNotification"), 15, what="a BootNotification")
                 mq.start()
-                await wait(lambda: "mqtt_connected" in buf.getvalue())
+                await eventually(lambda: "mqtt_connected" in buf.getvalue(), 15,
+                                 what="an mqtt_connected line")
 
                 # A01: the backend sets a new password; the next connection uses it
                 from ocpp.v201 import call
@@ -195,7 +193,8 @@ async def test_no_configured_secret_reaches_the_logs(tmp_path: Path) -> None:
                 seen = len(be.auth_seen)
                 await be.cp._connection.close()
                 want = "Basic " + base64.b64encode(f"MWC-T1:{NEW_PW}".encode()).decode()
-                await wait(lambda: len(be.auth_seen) > seen and be.auth_seen[-1] == want)
+                await eventually(lambda: len(be.auth_seen) > seen and be.auth_seen[-1] == want, 15,
+                                 what="a connection with the new password")
                 # registered from the device model's change hook, in whatever line it comes
                 assert logs.scrub(f"pw={NEW_PW} {want}") == "pw=[REDACTED] Basic [REDACTED]"
 
@@ -204,13 +203,14 @@ async def test_no_configured_secret_reaches_the_logs(tmp_path: Path) -> None:
                 logs.register_config_secrets(cfg.model_copy(update={"mqtt": wrong}))
                 bad = MqttConnection(wrong, "TEST-1")
                 bad_task = asyncio.create_task(bad.run())
-                await wait(lambda: bad.failures >= 2)
+                await eventually(lambda: bad.failures >= 2, 15, what="two refused MQTT connects")
                 bad_task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await bad_task
 
                 mq.stop()  # broker down under a running connection
-                await wait(lambda: buf.getvalue().count("mqtt_disconnected") >= 3)
+                await eventually(lambda: buf.getvalue().count("mqtt_disconnected") >= 3, 15,
+                                 what="a third mqtt_disconnected line")
                 stop.set()
                 await asyncio.wait_for(task, 15)
     finally:
@@ -232,7 +232,27 @@ async def test_no_configured_secret_reaches_the_logs(tmp_path: Path) -> None:
                for e in events)
 
 
-def _run_config(tmp_path: Path, sim: Any, metrics_port: int, closed_port: int) -> Path:
+def _listening_port(lines: list[bytes]) -> int | None:
+    """The metrics endpoint's bound port from its ``metrics_listening`` log line."""
+    for line in lines:
+        with contextlib.suppress(ValueError):
+            e = json.loads(line)
+            if isinstance(e, dict) and e.get("event") == "metrics_listening":
+                return int(e["port"])
+    return None
+
+
+def _count(lines: list[bytes], event: str) -> int:
+    """How many of the JSON log ``lines`` are ``event``."""
+    n = 0
+    for line in lines:
+        with contextlib.suppress(ValueError):
+            e = json.loads(line)
+            n += isinstance(e, dict) and e.get("event") == event
+    return n
+
+
+def _run_config(tmp_path: Path, sim: Any, metrics_port: int, refused_port: int) -> Path:
     d = sim.describe()
     lines = [
         '[station]', 'id = "LOGS-1"', 'max_kw = 600.0', 'fallback_grid_kw = 600.0',
@@ -243,9 +263,9 @@ def _run_config(tmp_path: Path, sim: Any, metrics_port: int, closed_port: int) -
                                     for p in d["modules"]["ports"]) + "]",
         "[matrix]", f'address = {{ host = "127.0.0.1", port = {d["matrix"]["port"]} }}',
         "[metrics]", "enabled = true", f"port = {metrics_port}",
-        "[mqtt]", f"port = {closed_port}", f'username = "{MQTT_USER}"',
+        "[mqtt]", f"port = {refused_port}", f'username = "{MQTT_USER}"',
         f'password = "{MQTT_PW}"', "reconnect_min_s = 0.05", "reconnect_max_s = 0.2",
-        "[ocpp]", f'url = "ws://127.0.0.1:{closed_port}/ocpp"', f'password = "{OCPP_PW}"',
+        "[ocpp]", f'url = "ws://127.0.0.1:{refused_port}/ocpp"', f'password = "{OCPP_PW}"',
         f'database = "{tmp_path / "ocpp.sqlite3"}"', "retry_backoff_wait_minimum_s = 1",
         "retry_backoff_random_range_s = 0", "retry_backoff_repeat_times = 0",
     ]
@@ -262,8 +282,12 @@ async def test_mwc_run_logs_json_lines_on_stdout_without_secrets(tmp_path: Path)
 
     sim = StationSimulator(StationPhysics(4, 1), realtime=True)
     await sim.start()
-    metrics_port, closed_port = free_port(), free_port()
-    path = _run_config(tmp_path, sim, metrics_port, closed_port)
+    with closed_port() as refused_port:  # backend and broker: nothing listens there
+        path = _run_config(tmp_path, sim, 0, refused_port)  # metrics: port 0, logged
+        await _run_and_stop(path, sim, tmp_path)
+
+
+async def _run_and_stop(path: Path, sim: Any, tmp_path: Path) -> None:
     env = {**os.environ, "NUMBA_CACHE_DIR": os.environ.get(
         "NUMBA_CACHE_DIR", str(ROOT / ".cache/numba"))}
     env.pop("NOTIFY_SOCKET", None)
@@ -271,21 +295,35 @@ async def test_mwc_run_logs_json_lines_on_stdout_without_secrets(tmp_path: Path)
         sys.executable, "-m", "controller.cli", "run", "--config", str(path), cwd=ROOT,
         env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
     assert proc.stdout is not None and proc.stderr is not None
-    readers = [asyncio.create_task(s.read()) for s in (proc.stdout, proc.stderr)]  # drained
+    out_lines: list[bytes] = []
+
+    async def read_out() -> bytes:
+        assert proc.stdout is not None
+        async for line in proc.stdout:
+            out_lines.append(line)
+        return b"".join(out_lines)
+
+    readers = [asyncio.create_task(read_out()), asyncio.create_task(proc.stderr.read())]
     try:
+        metrics_port = await eventually(lambda: _listening_port(out_lines), 40,
+                                        what="metrics_listening on stdout", proc=proc)
         got: dict[str, float] = {}
-        deadline = time.monotonic() + 40
         async with httpx.AsyncClient(timeout=2.0) as client:
-            while got.get("mwc_cycles_total", 0.0) < 10 or "mwc_mqtt_connect_failures" not in got:
-                assert proc.returncode is None, "mwc run exited"
-                assert time.monotonic() < deadline, "mwc run did not serve its metrics"
-                await asyncio.sleep(0.2)
+            async def served() -> bool:
+                nonlocal got
                 with contextlib.suppress(httpx.TransportError):
                     r = await client.get(f"http://127.0.0.1:{metrics_port}/metrics")
                     got = {s.name: s.value for fam in text_string_to_metric_families(r.text)
                            for s in fam.samples if not s.labels}
+                return got.get("mwc_cycles_total", 0.0) >= 10 and (
+                    "mwc_mqtt_connect_failures" in got)
+
+            await eventually(served, 40, 0.2, "10 cycles and MQTT failures in the metrics",
+                             proc=proc, detail=lambda: got)
         assert got["mwc_ocpp_connected"] == 0.0 and got["mwc_mqtt_connected"] == 0.0
-        await asyncio.sleep(0.5)  # a few reconnect attempts more in the log
+        before = _count(out_lines, "mqtt_disconnected")  # a few reconnect attempts more
+        await eventually(lambda: _count(out_lines, "mqtt_disconnected") >= before + 3, 20,
+                         what="three more mqtt_disconnected lines", proc=proc)
         proc.send_signal(signal.SIGTERM)
         await asyncio.wait_for(proc.wait(), 20)
         out, err = await asyncio.wait_for(asyncio.gather(*readers), 5)

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import math
-import random
-import socket
 
 import numpy as np
 import pytest
+from helpers import free_port_block
 from modbus_fixtures import TEST_LINK, polls_until, station
 
 from power.matrix import MatrixDriver, ModbusMatrix
@@ -258,28 +257,9 @@ async def test_hardware_snapshot_lists_unavailable_devices() -> None:
         assert any("meter 0" in r for r in st.hw.last.unavailable)
 
 
-def _free_port_block(n: int) -> int:
-    """A base port with ``n`` consecutive free ports (checked by binding; retried by caller)."""
-    for _ in range(50):
-        base = random.randrange(20000, 60000 - n)
-        socks: list[socket.socket] = []
-        try:
-            for p in range(base, base + n):
-                s = socket.socket()
-                socks.append(s)
-                s.bind(("127.0.0.1", p))
-            return base
-        except OSError:
-            continue
-        finally:
-            for s in socks:
-                s.close()
-    raise RuntimeError("no free port block")
-
-
 async def test_documented_port_layout_end_to_end() -> None:
     for attempt in range(5):
-        base = _free_port_block(4 + 3)
+        base = free_port_block(4 + 3)  # a fixed layout: cannot bind 0
         sim = StationSimulator(StationPhysics(4, 2), base_port=base, realtime=False)
         try:
             await sim.start()

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import math
-import socket
 import struct
 
 import pytest
+from helpers import closed_port, eventually
 from modbus_fixtures import TEST_LINK, polls_until, station
 
 from power.modbus_base import DeviceEndpoint, DeviceUnavailableError, LinkSettings, ModbusLink
@@ -158,14 +158,12 @@ async def test_reconnect_after_simulator_restart() -> None:
         assert "connect failed" in (snap.modules[0].reason or "") or "no answer" in (
             snap.modules[0].reason or "")
         await st.sim.start()  # same ports
-        recovered = False
-        for _ in range(20):  # backoff is at most 50 ms in TEST_LINK
-            snap = await st.poll()
-            if not snap.unavailable:
-                recovered = True
-                break
-            await asyncio.sleep(0.02)
-        assert recovered, snap.unavailable
+
+        async def all_back() -> bool:  # backoff is at most 50 ms in TEST_LINK
+            return not (await st.poll()).unavailable
+
+        await eventually(all_back, what="every device answers after the restart",
+                         detail=lambda: st.hw.last and st.hw.last.unavailable)
 
 
 async def test_first_connect_failure_is_retried_with_backoff() -> None:
@@ -177,12 +175,12 @@ async def test_first_connect_failure_is_retried_with_backoff() -> None:
             snap = await hw.start()
             assert len(snap.unavailable) == 3
             await st.sim.start()
-            for _ in range(20):
-                snap = await hw.poll_all()
-                if not snap.unavailable:
-                    break
-                await asyncio.sleep(0.02)
-            assert not snap.unavailable
+
+            async def all_up() -> bool:
+                return not (await hw.poll_all()).unavailable
+
+            await eventually(all_up, what="every device answers once the simulator is up",
+                             detail=lambda: hw.last and hw.last.unavailable)
         finally:
             await hw.close()
 
@@ -193,7 +191,7 @@ class _HangingModule:
     index = 0
 
     async def poll(self) -> ModuleState:
-        await asyncio.sleep(3600)
+        await asyncio.sleep(3600)  # the test's subject: a poll that never returns
         raise AssertionError
 
     async def set_output(self, voltage_v: float, current_a: float) -> None: ...
@@ -291,20 +289,19 @@ async def test_frozen_heartbeat_can_be_detected() -> None:
 
 async def test_connect_backoff_doubles_on_the_injected_clock() -> None:
     now = [0.0]
-    with socket.socket() as probe:  # a port nobody listens on
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    link = ModbusLink(DeviceEndpoint("127.0.0.1", port), "module 0",
-                      LinkSettings(timeout_s=0.2, backoff_initial_s=0.1, backoff_max_s=0.3),
-                      clock=lambda: now[0])
-    attempts = 0
-    # Attempts at 0; 0.1 (+0.1); 0.31 (+0.2); 0.62 (+0.3, the maximum); 0.93 (+0.3).
-    for t, expect_attempt in ((0.0, True), (0.05, False), (0.1, True), (0.25, False),
-                              (0.31, True), (0.55, False), (0.62, True), (0.93, True)):
-        now[0] = t
-        with pytest.raises(DeviceUnavailableError) as info:
-            await link.ensure_connected()
-        tried = "retry in" not in str(info.value)
-        assert tried == expect_attempt, (t, str(info.value))
-        attempts += tried
+    with closed_port() as port:  # nobody listens there, nobody can start to
+        link = ModbusLink(DeviceEndpoint("127.0.0.1", port), "module 0",
+                          LinkSettings(timeout_s=0.2, backoff_initial_s=0.1,
+                                       backoff_max_s=0.3),
+                          clock=lambda: now[0])
+        attempts = 0
+        # Attempts at 0; 0.1 (+0.1); 0.31 (+0.2); 0.62 (+0.3, the maximum); 0.93 (+0.3).
+        for t, expect_attempt in ((0.0, True), (0.05, False), (0.1, True), (0.25, False),
+                                  (0.31, True), (0.55, False), (0.62, True), (0.93, True)):
+            now[0] = t
+            with pytest.raises(DeviceUnavailableError) as info:
+                await link.ensure_connected()
+            tried = "retry in" not in str(info.value)
+            assert tried == expect_attempt, (t, str(info.value))
+            attempts += tried
     assert attempts == 5 and link.connects == 0

@@ -49,7 +49,7 @@ async def _feed(tp: TelemetryPublisher, period: float = 0.01) -> None:
     while True:
         seq += 1
         tp.offer_record(record(seq))
-        await asyncio.sleep(period)
+        await asyncio.sleep(period)  # a producer's pace, faster than the telemetry period
 
 
 async def test_telemetry_content_and_cadence(tmp_path: Path) -> None:

@@ -24,9 +24,9 @@ from ocpp_fixtures import STATION_TOML, FakeStation, SimWall
 
 from controller.config import parse_config
 from controller.ocpp.connection import SUBPROTOCOLS, auth_headers
-from controller.ocpp16.service import Ocpp16Service
-from controller.ocpp16.station_side import error_code
-from controller.ocpp16.transactions import reason16
+from controller.ocpp.v16.adapter import error_code
+from controller.ocpp.v16.service import Ocpp16Service
+from controller.ocpp.v16.transactions import reason16
 from controller.services import ocpp_service
 from controller.session import GunState
 

@@ -20,7 +20,7 @@ from ocpp16_fixtures import (
 )
 from ocpp_fixtures import FakeStation, SimWall, station_config
 
-from controller.ocpp16.service import Ocpp16Service
+from controller.ocpp.v16.service import Ocpp16Service
 from controller.session import GunState
 
 

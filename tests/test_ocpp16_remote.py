@@ -14,7 +14,7 @@ from ocpp.v16 import call
 from ocpp16_fixtures import Backend16, charge, config16, finish, online16, shutdown16
 
 from controller.limits import STATION, gun
-from controller.ocpp16.service import Ocpp16Service
+from controller.ocpp.v16.service import Ocpp16Service
 
 
 def prof16(pid: int, purpose: str, limit: float, unit: str = "A", kind: str = "Relative",

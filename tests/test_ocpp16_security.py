@@ -13,7 +13,7 @@ from ocpp_fixtures import Pki, SimWall, make_pki, server_ssl
 
 from controller import logs
 from controller.ocpp.connection import auth_headers
-from controller.ocpp16.service import Ocpp16Service
+from controller.ocpp.v16.service import Ocpp16Service
 
 KEY = "s3cret-pass-16-chars"
 

@@ -13,7 +13,7 @@ from cycle_fixtures import rig, small_truck
 from ocpp16_fixtures import shutdown16, until
 
 from controller.ocpp.config import OcppConfig
-from controller.ocpp16.service import Ocpp16Service
+from controller.ocpp.v16.service import Ocpp16Service
 from ocpp_server.repository import TxFilter
 
 

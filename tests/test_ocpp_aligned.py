@@ -8,7 +8,7 @@ from typing import Any
 from ocpp_fixtures import Backend, FakeStation, SimWall, online
 from test_ocpp_transactions import charge, events
 
-from controller.ocpp.service import OcppService
+from controller.ocpp.v201.service import OcppService
 
 
 def tick(st: FakeStation, wall: SimWall, seconds: int) -> None:

@@ -20,9 +20,9 @@ from ocpp16_fixtures import charge as charge16
 from ocpp_fixtures import SimWall, ocpp_config, shutdown, station_config
 from test_ocpp_transactions import charge, events, run_for
 
-from controller.ocpp.common import BOOT_CALL_TIMEOUT_S
-from controller.ocpp.service import OcppService
-from controller.ocpp16.service import Ocpp16Service
+from controller.ocpp.link import BOOT_CALL_TIMEOUT_S
+from controller.ocpp.v16.service import Ocpp16Service
+from controller.ocpp.v201.service import OcppService
 
 
 async def test_TC_B_22_CS_reset_immediate_back_within_10_s_ended_once(tmp_path: Path) -> None:

@@ -11,8 +11,8 @@ from pathlib import Path
 from ocpp_fixtures import Backend, FakeStation, SimWall, ocpp_config, shutdown, station_config
 from test_ocpp_transactions import charge, events, run_for
 
-from controller.ocpp.service import OcppService
-from controller.ocpp.station_common import ORPHAN_WAIT_CYCLES
+from controller.ocpp.bridge import ORPHAN_WAIT_CYCLES
+from controller.ocpp.v201.service import OcppService
 from controller.session import GunState
 
 

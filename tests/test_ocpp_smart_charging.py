@@ -15,8 +15,8 @@ from test_ocpp_transactions import charge, events
 
 from controller.config import parse_config
 from controller.limits import STATION, LimitBook, gun
-from controller.ocpp.service import OcppService
 from controller.ocpp.smart_charging import Profiles
+from controller.ocpp.v201.service import OcppService
 
 T0 = datetime(2026, 1, 5, 8, 0, tzinfo=UTC)
 

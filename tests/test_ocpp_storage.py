@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from controller.ocpp import storage
-from controller.ocpp.service import OcppService
-from controller.ocpp16.service import Ocpp16Service
+from controller.ocpp.v16.service import Ocpp16Service
+from controller.ocpp.v201.service import OcppService
 from tests.ocpp16_fixtures import config16
 from tests.ocpp_fixtures import SimWall, ocpp_config, station_config
 

@@ -10,7 +10,7 @@ from typing import Any
 from ocpp.v201 import call
 from ocpp_fixtures import Backend, FakeStation, SimWall, ocpp_config, online, shutdown, started
 
-from controller.ocpp.service import OcppService
+from controller.ocpp.v201.service import OcppService
 from controller.session import GunState
 
 

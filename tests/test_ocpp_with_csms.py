@@ -13,7 +13,7 @@ from cycle_fixtures import rig, small_truck
 from ocpp_fixtures import shutdown
 
 from controller.ocpp.config import OcppConfig
-from controller.ocpp.service import OcppService
+from controller.ocpp.v201.service import OcppService
 from ocpp_server.repository import TxFilter
 
 

@@ -28,8 +28,8 @@ from ocpp16_fixtures import Backend16, config16
 from ocpp_fixtures import Backend, SimWall, ocpp_config
 
 from controller.control_socket import ControlError, ControlServer, answer, request
-from controller.ocpp.service import OcppService
-from controller.ocpp16.service import Ocpp16Service
+from controller.ocpp.v16.service import Ocpp16Service
+from controller.ocpp.v201.service import OcppService
 from controller.operator import ClearError, clear_gun_fault
 from controller.vehicle import VehicleStatus
 from sim.layout import station_toml

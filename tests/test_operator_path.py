@@ -27,6 +27,7 @@ from typing import Any
 
 import httpx
 import pytest
+from helpers import free_port_block
 
 ROOT = Path(__file__).resolve().parents[1]
 STATION = "MWC-LAB-01"
@@ -50,24 +51,6 @@ def readme_steps() -> list[str]:
     section = text.split("## Running pieces by hand", 1)[1]
     block = section.split("```sh\n", 1)[1].split("```", 1)[0]
     return [line for line in block.splitlines() if line.strip()]
-
-
-def _free(n: int = 1) -> int:
-    """A base port with ``n`` consecutive free ports on loopback."""
-    for _ in range(200):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            base = int(s.getsockname()[1])
-        if base + n >= 65000:
-            continue
-        try:
-            for p in range(base, base + n):
-                with socket.socket() as t:
-                    t.bind(("127.0.0.1", p))
-        except OSError:
-            continue
-        return base
-    raise RuntimeError("no free port range")
 
 
 def _listening(port: int) -> bool:
@@ -121,8 +104,11 @@ def _telemetry(port: int, seen: list[dict[str, Any]]) -> subprocess.Popen[bytes]
 
 def test_readme_lab_steps_charge_two_trucks_with_authorization_and_grid_limit(
         tmp_path: Path) -> None:
-    ports = {"9000": str(_free()), "8180": str(_free()), "1883": str(_free()),
-             "15020": str(_free(MODULES + 4))}
+    # The README's commands bind the ports its configuration names, so they cannot bind 0:
+    # one block below the ephemeral range for all of them (the modules' block comes last).
+    base = free_port_block(3 + MODULES + 4)
+    ports = {"9000": str(base), "8180": str(base + 1), "1883": str(base + 2),
+             "15020": str(base + 3)}
     control = str(int(ports["15020"]) + MODULES + 2)
     ports["15070"] = control  # the fault control port the README names
 
@@ -229,5 +215,5 @@ def test_readme_lab_steps_charge_two_trucks_with_authorization_and_grid_limit(
             assert {"idToken": tx["id_token"], "type": "Central"} in tokens, tokens
         # The README's last line shows the same transactions.
         if curl is not None and shutil.which("curl"):
-            shown = subprocess.run(curl, capture_output=True, text=True, timeout=30)
-            assert {tx["id_token"] for tx in json.loads(shown.stdout)} == TOKENS
+            listed = subprocess.run(curl, capture_output=True, text=True, timeout=30)
+            assert {tx["id_token"] for tx in json.loads(listed.stdout)} == TOKENS

@@ -55,7 +55,8 @@ async def test_run_services_without_mqtt_runs_the_cycle_until_stopped(tmp_path: 
         assert mqtt_services(r.station, r.station.config) == []
         stop = asyncio.Event()
         task = asyncio.create_task(run_services(r.station, r.station.config, stop))
-        await asyncio.sleep(0.05)
+        seq = r.station.seq
+        await eventually(lambda: r.station.seq > seq, what="a cycle of run_services")
         stop.set()
         await asyncio.wait_for(task, 10)
 

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from cycle_fixtures import config_data, rig, small_truck
-from mqtt_fixtures import free_port
+from helpers import closed_port
 
 from controller.config import WebviewConfig
 from controller.status_cli import render_table
@@ -46,8 +46,8 @@ async def test_once_json_and_table_show_the_running_station() -> None:
 
 
 async def test_unreachable_view_and_disabled_config_give_clear_errors(tmp_path: Path) -> None:
-    port = free_port()
-    code, _out, err = await mwc("status", "--url", f"http://127.0.0.1:{port}", "--once")
+    with closed_port() as port:  # nothing listens, nothing can start to
+        code, _out, err = await mwc("status", "--url", f"http://127.0.0.1:{port}", "--once")
     assert code == 1 and "not readable" in err and "[webview]" in err
 
     data = config_data()

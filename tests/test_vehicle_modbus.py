@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 import structlog
 from cycle_fixtures import TEST_LINK, SimClock, make_config, small_truck
+from helpers import eventually
 
 from controller.station import Station
 from controller.vehicle import VehicleLink
@@ -264,22 +265,18 @@ async def test_lost_bridge_ages_the_status_with_the_io_task_and_recovers() -> No
     async with bench() as b:
         link = ModbusVehicleLink(b.endpoint(0), TEST_LINK, time.monotonic, poll_s=0.05)
         await link.start_io()
-        deadline = time.monotonic() + 3.0
-        while not link.status().plugged:
-            assert time.monotonic() < deadline, link.health.reason
-            await asyncio.sleep(0.01)
+        await eventually(lambda: link.status().plugged, what="the first reading (plugged)",
+                         detail=lambda: link.health.reason)
         await b.sim.stop()
         t0 = time.monotonic()
-        while link.health.available:
-            assert time.monotonic() - t0 < 1.0, "a dead bridge still counted as answering"
-            await asyncio.sleep(0.01)
+        await eventually(lambda: not link.health.available,
+                         what="the dead bridge counted as not answering")
         lost_after = time.monotonic() - t0
         last = link.status().read_at
         assert last <= t0 + 0.05  # no new reading while the bridge is down: the status ages
         await b.sim.start()  # same ports: the link reconnects by itself
-        while link.status().read_at <= last:
-            assert time.monotonic() - t0 < 5.0, link.health.reason
-            await asyncio.sleep(0.02)
+        await eventually(lambda: link.status().read_at > last, what="a new reading",
+                         detail=lambda: link.health.reason)
         assert link.status().plugged
         await link.close()
         assert link.status().plugged is False
@@ -353,22 +350,27 @@ async def test_mwc_run_charges_sim_trucks_across_processes_and_stops_on_sigterm(
         meters = [ModbusMeter(g, DeviceEndpoint(layout["host"], layout["meters"]["port"],
                                                 layout["meters"]["units"][g]), link)
                   for g in range(2)]
-        deadline = time.monotonic() + 20.0
+        running = ctl
         currents = [0.0, 0.0]
-        while not all(c > 20.0 for c in currents):
-            assert ctl.poll() is None, (tmp / "controller.log").read_text()[-3000:]
-            assert time.monotonic() < deadline, (
-                currents, (tmp / "controller.log").read_text()[-3000:])
-            await asyncio.sleep(0.2)
-            currents = await _currents(meters)
+
+        async def charging() -> bool:
+            assert running.poll() is None, (tmp / "controller.log").read_text()[-3000:]
+            currents[:] = await _currents(meters)
+            return all(c > 20.0 for c in currents)
+
+        await eventually(charging, 20.0, 0.2, what="both trucks charging above 20 A",
+                         detail=lambda: (currents, (tmp / "controller.log").read_text()[-3000:]))
         ctl.send_signal(signal.SIGTERM)
         rc = await asyncio.wait_for(asyncio.to_thread(ctl.wait), 10)
         assert rc == 0, (tmp / "controller.log").read_text()[-3000:]
-        t0 = time.monotonic()
-        while any(abs(c) > 1.0 for c in currents):
-            assert time.monotonic() - t0 < 3.0, currents
-            await asyncio.sleep(0.05)
-            currents = await _currents(meters)
+
+        async def drained() -> bool:
+            currents[:] = await _currents(meters)
+            return not any(abs(c) > 1.0 for c in currents)
+
+        # the stop sequence drains within 3 s (the bound this test always had)
+        await eventually(drained, 3.0, 0.05, what="both guns at <= 1 A after SIGTERM",
+                         detail=lambda: currents)
         # the controller told both trucks STOP on its way out: plugged, asking for nothing
         for g in range(2):
             probe = ModbusVehicleLink(DeviceEndpoint(layout["host"], layout[SECC_NAME]["port"],

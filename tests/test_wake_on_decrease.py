@@ -67,6 +67,8 @@ async def test_run_starts_a_cycle_at_once_for_a_decrease_and_keeps_the_period() 
         await st.start()
         runner = asyncio.create_task(st.run(stop))
         await asyncio.wait_for(got.wait(), 10)  # the first, scheduled cycle
+        # lets the loop reach its wait, so the lowered limit comes between cycles (the case
+        # under test); later, the wake would still start a cycle at once
         await asyncio.sleep(0.05)
         got.clear()
         n0, t0 = len(cycles), time.monotonic()
@@ -92,7 +94,7 @@ async def test_run_starts_a_cycle_at_once_for_a_decrease_and_keeps_the_period() 
         n1 = len(cycles)
         now = st.clock()
         st.limits.set(STATION, "grid", Limit(900_000.0, "grid", now, now + 60))
-        await asyncio.sleep(0.3)
+        await asyncio.sleep(0.3)  # the subject: no early cycle within this time
         assert len(cycles) == n1 or cycles[n1] - cycles[n1 - 1] > 0.6
         assert st.wakeups == 1 and st.confirmations == 1  # nor a confirmation
         stop.set()

@@ -14,6 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 from cycle_fixtures import config_data, rig, small_truck
+from helpers import eventually
 from mqtt_fixtures import make_pki
 
 from controller.config import ConfigError, WebviewConfig, parse_config
@@ -69,7 +70,7 @@ async def test_events_stream_pushes_at_the_configured_rate() -> None:
         async def cycles() -> None:
             while not stop.is_set():
                 await r.step()
-                await asyncio.sleep(0.02)
+                await asyncio.sleep(0.02)  # paces the simulated cycles; the stream is timed
 
         task = asyncio.create_task(cycles())
         frames: list[dict[str, object]] = []
@@ -101,7 +102,9 @@ async def test_events_stream_pushes_at_the_configured_rate() -> None:
 
 async def test_push_cost_is_under_one_percent_of_a_core_at_48_modules() -> None:
     """The serving cost, measured: building and encoding one push for a 48-module station
-    at the highest rate (5 Hz) must stay below 10 ms per second of one core."""
+    at the highest rate (5 Hz) must stay below 10 ms per second of one core. Measured in
+    this thread's CPU time (a share of a core is CPU time): on a machine shared with other
+    work, wall time counts the time the thread waited for a core too."""
     async with rig([small_truck("A"), small_truck("B")], modules=48) as r:
         view = LiveView(r.station, view_config(rate_hz=5.0))
         r.trucks[0].plug_in()
@@ -110,13 +113,16 @@ async def test_push_cost_is_under_one_percent_of_a_core_at_48_modules() -> None:
         for _ in range(5):
             view.build()  # warm
         view.push_s, view.pushes = 0.0, 0
+        cpu0 = time.thread_time()
         for _ in range(50):
             assert view.build() is not None
-        per_push = view.push_s / view.pushes
+        per_push = (time.thread_time() - cpu0) / view.pushes
+        wall_per_push = view.push_s / view.pushes
         await view.close()
     share = per_push * 5.0  # seconds of work per second at 5 Hz
-    print(f"webview push: {per_push * 1000:.3f} ms per push, {share * 100:.3f} % of a core")
-    assert share < 0.01
+    print(f"webview push: {per_push * 1000:.3f} ms CPU per push ({wall_per_push * 1000:.3f} ms "
+          f"wall), {share * 100:.3f} % of a core")
+    assert view.pushes == 50 and share < 0.01
 
 
 async def test_clear_fault_needs_confirmation_and_a_real_gun() -> None:
@@ -240,8 +246,12 @@ async def test_history_accumulates_without_a_page_for_the_chart() -> None:
         await view.start()
         try:
             for _ in range(8):  # no page open: the pusher still samples the power history
-                await r.step()
-                await asyncio.sleep(0.25)
+                wall = (await r.step()).wall_time
+
+                def sampled(w: object = wall) -> bool:
+                    return bool(view.state.history) and view.state.history[-1][0] == w
+
+                await eventually(sampled, what="the pusher sampled the cycle")
             assert view.pushes == 0  # nothing built or encoded while nobody watches
             async with httpx.AsyncClient() as c:
                 got = (await c.get(f"{view.url}api/state")).json()

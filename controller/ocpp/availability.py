@@ -3,12 +3,14 @@ station) the backend set Inoperative, and what that means for the station.
 
 A part of the client built with its collaborators: the database (table ``availability``
 of :mod:`controller.ocpp.storage`) and an :class:`AvailabilityHost` (the station, whether a
-gun has a running transaction, the status report).
+gun has a running transaction). Whoever reports a gun's status to the backend listens in
+``on_apply`` (the link: a StatusNotification when online).
 """
 
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Callable
 from typing import Protocol
 
 from controller.ocpp import storage
@@ -26,15 +28,14 @@ class AvailabilityHost(Protocol):
     def busy(self, g: int) -> bool:
         """Gun ``g`` (0-based) has a running transaction: it is never cut."""
 
-    def send_status(self, g: int) -> None:
-        """Report gun ``g``'s status to the backend when online (never blocks)."""
-
 
 class Availability:
     """The persisted operative state by EVSE / connector id (0: the station)."""
 
     def __init__(self, db: sqlite3.Connection, guns: int, host: AvailabilityHost) -> None:
         self.db, self.guns, self.host = db, guns, host
+        #: Called with the gun after the station was told (never blocks).
+        self.on_apply: list[Callable[[int], None]] = []
         storage.migrate(db)
         self.states: dict[int, bool] = {int(e): bool(o) for e, o in db.execute(
             "SELECT evse, operative FROM availability")}
@@ -67,4 +68,5 @@ class Availability:
         if station is None:
             return
         station.set_available(g, self.operative(g) or self.host.busy(g))
-        self.host.send_status(g)
+        for listener in self.on_apply:
+            listener(g)

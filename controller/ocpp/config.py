@@ -1,14 +1,18 @@
 """The ``[ocpp]`` configuration section (the lead embeds :class:`OcppConfig` in StationConfig).
 
 The values seed the device model on first start; afterwards the device model (persisted in
-SQLite, changed by the backend with SetVariables) is what the client reads.
+SQLite, changed by the backend with SetVariables) is what the client reads. The password is
+a ``SecretStr`` (like MQTT's): it never prints; the device model, the 1.6 configuration keys
+and the doctor read it with ``get_secret_value()``.
 """
 
 from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, SecretStr, model_validator
+
+from controller.config_base import ConfigModel
 
 Measurand = Literal["Energy.Active.Import.Register", "Power.Active.Import", "Current.Import",
                     "Voltage", "SoC"]
@@ -28,18 +32,18 @@ def _aligned() -> list[Measurand]:
     return ["Energy.Active.Import.Register"]
 
 
-class OcppConfig(BaseModel):
-    """How the station talks to its backend (CSMS)."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)  # NaN, inf: never
+class OcppConfig(ConfigModel):
+    """How the station talks to its backend (CSMS); unknown keys, NaN and inf are errors."""
 
     #: "2.0.1" (subprotocol ocpp2.0.1, controller/ocpp/) or "1.6" (ocpp1.6, OCPP 1.6J with
-    #: the security extension, controller/ocpp16/); both share connection, queue and limits.
+    #: the security extension, controller/ocpp/v16/); both are built from the same parts.
     version: Literal["2.0.1", "1.6"] = "2.0.1"
     url: str = Field(pattern=r"^wss?://[^/]+(/.*)?$")  # the station id is appended
     station_id: str | None = None  # default: [station].id
     security_profile: Literal[0, 1, 2, 3] = 1  # 0: no authentication (lab only)
-    password: str | None = None  # profiles 1 and 2 (BasicAuthPassword)
+    #: Profiles 1 and 2 (BasicAuthPassword). A secret: it prints as ``**********``; the
+    #: readers that must send or seed it call ``get_secret_value()``.
+    password: SecretStr | None = None
     ca_file: str | None = None  # profiles 2 and 3: CA of the CSMS certificate
     cert_file: str | None = None  # profile 3: client certificate (PEM)
     key_file: str | None = None  # profile 3: client key (PEM)
@@ -76,7 +80,8 @@ class OcppConfig(BaseModel):
     @model_validator(mode="after")
     def _security(self) -> OcppConfig:
         tls = self.url.startswith("wss://")
-        if self.security_profile in (1, 2) and not self.password:
+        if self.security_profile in (1, 2) and (
+                self.password is None or not self.password.get_secret_value()):
             raise ValueError(f"security_profile {self.security_profile} needs a password")
         if self.security_profile >= 2 and not tls:
             raise ValueError(f"security_profile {self.security_profile} needs a wss:// url")

@@ -13,9 +13,9 @@ import base64
 import random
 import ssl
 from collections.abc import Iterator
-from typing import Any
 
 import websockets
+from websockets.asyncio.client import ClientConnection
 
 from controller.ocpp.config import OcppConfig
 
@@ -63,7 +63,7 @@ def backoff(wait_min: float, random_range: float, repeat: int,
 
 
 async def connect(cfg: OcppConfig, station_id: str, password: str | None,
-                  ping_interval: float, open_timeout: float = 10.0) -> Any:
+                  ping_interval: float, open_timeout: float = 10.0) -> ClientConnection:
     """Open the websocket with the subprotocol of ``cfg.version`` (raises on refusal, TLS
     failure, wrong subprotocol)."""
     proto = SUBPROTOCOLS[cfg.version]

@@ -22,9 +22,9 @@ def build_client(cfg: StationConfig, *, wall: Callable[[], datetime] = utc_now
     if cfg.ocpp is None:
         return None
     if cfg.ocpp.version == "1.6":
-        from controller.ocpp16.service import Ocpp16Service
+        from controller.ocpp.v16.service import Ocpp16Service
 
         return Ocpp16Service(cfg.ocpp, cfg, wall=wall)
-    from controller.ocpp.service import OcppService
+    from controller.ocpp.v201.service import OcppService
 
     return OcppService(cfg.ocpp, cfg, wall=wall)

@@ -38,13 +38,6 @@ class Log(Protocol):
     def exception(self, event: str, /, **fields: object) -> object: ...
 
 
-class HasLog(Protocol):
-    """Anything that carries the client's logger (the frame guard needs no more)."""
-
-    @property
-    def log(self) -> Log: ...
-
-
 class StationPort(Clearable, Protocol):
     """What an OCPP client needs of the station: its sessions (``Clearable``: the backend's
     ChangeAvailability Operative acknowledges a latched gun fault), its limits and clock,
@@ -81,9 +74,12 @@ class OcppClientPort(Protocol):
 
     station_id: str
     on_reset: Callable[[], None] | None
-    online: bool
     queue: MessageQueue
     db: sqlite3.Connection
+
+    @property
+    def online(self) -> bool:
+        """Booted and connected (the link's state; read-only)."""
 
     def attach(self, station: StationPort) -> None: ...
 

@@ -14,7 +14,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
-from controller.ocpp.ports import Log
+from controller.ocpp.ports import Log, StationPort
+from controller.session import GunState
 
 T = TypeVar("T")
 Profile = dict[str, Any]
@@ -25,6 +26,14 @@ class Waiting(Generic[T]):
     token: T
     until: float  # wall time, epoch seconds: the connection timeout
     profile: Profile | None
+
+
+def candidates(station: StationPort, guns: int, chosen: int | None) -> list[int]:
+    """The guns a remote start may take, in order: the one the backend ``chosen`` (0-based,
+    not range-checked here), else every gun with a plugged-in truck first."""
+    if chosen is not None:
+        return [chosen]
+    return sorted(range(guns), key=lambda g: station.sessions[g].state is not GunState.PREPARING)
 
 
 class RemoteStarts(Generic[T]):

@@ -6,7 +6,9 @@ of each purpose wins, a TxProfile of the running transaction overrides the TxDef
 (an EVSE's own TxDefaultProfile beats one on EVSE 0 at equal level), and the
 ChargingStationMaxProfile caps the station. :meth:`Profiles.apply` writes the limit of the
 current period into the :class:`LimitBook` under key ``"ocpp"`` (source ``"OCPP"``): the
-station scope in W, each gun in A, each expiring at the end of its current period.
+station scope in W, each gun in A, each expiring at the end of its current period, with a
+fallback of min(this period, next period) while the schedule goes on (a late write of the
+next period never lifts the limit above the profile).
 W → A uses the gun's measured voltage (its maximum voltage while none is measured).
 """
 
@@ -308,11 +310,19 @@ class Profiles:
         return value * v if want == "W" else value / v
 
     def apply(self, book: LimitBook, now: float, wall: datetime) -> None:
-        """Write the current period of every scope into ``book`` (key ``"ocpp"``)."""
-        def put(scope: str, got: tuple[float, str, datetime, int] | None, want: str,
-                evse: int, conv: Callable[[float, str], float]) -> None:
+        """Write the current period of every scope into ``book`` (key ``"ocpp"``): a limit
+        with the period's value that expires at the period's end, and — while the schedule
+        goes on after it — the key's fallback, the lower of this period and the next. A
+        write of the next period that comes late (a stalled loop, a restart) then never lets
+        the gun or station run above the profile: the fallback applies, not "no limit". A
+        profile that ends (or is cleared) leaves neither: OCPP without a profile sets no
+        limit."""
+        def put(scope: str, got: tuple[float, str, datetime, int] | None,
+                after: tuple[float, str, datetime, int] | None,
+                conv: Callable[[float, str], float]) -> None:
             if got is None:
                 book.clear(scope, KEY)
+                book.clear_fallback(scope, KEY)
                 return
             value, unit, end, pid = got
             left = max(0.0, (end - wall).total_seconds())
@@ -322,11 +332,23 @@ class Profiles:
             if old is None or (old.value, old.expires_at, old.detail) != (
                     lim.value, lim.expires_at, lim.detail):
                 book.set(scope, KEY, lim)
+            if after is None:
+                book.clear_fallback(scope, KEY)
+                return
+            fallback = min(lim.value, max(0.0, conv(after[0], after[1])))
+            detail = (f"profile {pid} after {end.isoformat()}: not above this period nor "
+                      f"profile {after[3]}'s next ({after[0]:g} {after[1]})")
+            had = book.fallback(scope, KEY)
+            if had is None or (had.value, had.detail) != (fallback, detail):
+                book.set_fallback(scope, KEY, Limit(fallback, f"{SOURCE}:fallback", now,
+                                                    detail=detail))
 
-        put(STATION, self.station_limit(wall), "W", 0,
+        station = self.station_limit(wall)
+        put(STATION, station, self.station_limit(station[2]) if station else None,
             lambda v, u: self.to_unit(v, u, "W", 0))
         for e in range(1, self.guns + 1):
-            put(gun(e - 1), self.evse_limit(e, wall), "A", e,
+            got = self.evse_limit(e, wall)
+            put(gun(e - 1), got, self.evse_limit(e, got[2]) if got else None,
                 lambda v, u, e=e: self.to_unit(v, u, "A", e))  # type: ignore[misc]
 
     def composite(self, evse: int, start: datetime, duration: int, unit: str,

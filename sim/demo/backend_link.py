@@ -1,4 +1,4 @@
-"""The station's OCPP 2.0.1 client (``controller.ocpp.service``) as the demo's backend link.
+"""The station's OCPP 2.0.1 client (``controller.ocpp.v201.service``) as the demo's backend link.
 
 ``OcppLink`` starts the client next to the station (same event loop, same simulated clock for
 timestamps and sampling), takes the backend away (the ``ocpp_server`` process is stopped)
@@ -10,7 +10,6 @@ backend stored through its REST API, for the ``transactions_complete`` and
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import datetime as dt
 import time
 from collections.abc import Awaitable
@@ -18,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from sim.demo.services import Backend
+from sim.demo.tasks import join
 
 
 async def _logged(what: str, step: Awaitable[Any]) -> None:
@@ -34,7 +34,7 @@ async def _logged(what: str, step: Awaitable[Any]) -> None:
 def available() -> str | None:
     """None when the OCPP station client can be used, else why not."""
     try:
-        from controller.ocpp.service import OcppService  # noqa: F401
+        from controller.ocpp.v201.service import OcppService  # noqa: F401
     except Exception as exc:  # not there yet, or broken while it is being built
         return f"OCPP station client not importable ({type(exc).__name__}: {exc})"
     return None
@@ -52,11 +52,13 @@ class OcppLink:
         self.offline_periods = 0
 
     async def start(self, timeout: float = 20.0) -> None:
+        from pydantic import SecretStr
+
         from controller.ocpp.config import OcppConfig
-        from controller.ocpp.service import OcppService
+        from controller.ocpp.v201.service import OcppService
 
         self.directory.mkdir(parents=True, exist_ok=True)
-        cfg = OcppConfig(url=f"{self.backend.ocpp_url}/ocpp", password=Backend.PASSWORD,
+        cfg = OcppConfig(url=f"{self.backend.ocpp_url}/ocpp", password=SecretStr(Backend.PASSWORD),
                          database=str(self.directory / "station.sqlite3"),
                          sampled_interval_s=60.0, retry_backoff_wait_minimum_s=0.5,
                          retry_backoff_random_range_s=0.5, response_timeout_s=10.0,
@@ -117,11 +119,9 @@ class OcppLink:
 
     async def stop(self) -> None:
         if self._switch is not None:
-            with contextlib.suppress(BaseException):
-                await self._switch
+            await join(self._switch, "backend switch")
         if self.svc is not None:
             await _logged("OCPP client close", self.svc.close())
         if self.task is not None:
             self.task.cancel()
-            with contextlib.suppress(BaseException):
-                await self.task
+            await join(self.task, "OCPP client")

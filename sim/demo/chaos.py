@@ -42,7 +42,6 @@ import json
 import math
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -58,6 +57,8 @@ from sim.demo.chaos_report import (
     write_report,
 )
 from sim.demo.scenario import Event, Scenario
+from sim.demo.tasks import join
+from sim.ports import free_port_block
 
 #: Event kinds only the process runner can carry out (the lockstep runner has no processes).
 PROCESS_EVENTS = frozenset({"broker_restart", "simulator_kill", "simulator_restart",
@@ -88,30 +89,18 @@ def presets_of(sc: Scenario) -> list[str]:
     return names
 
 
+def _unreadable(what: str, exc: BaseException, level: str = "debug") -> None:
+    """A measurement not taken (expected while a device is down: debug): NaN / None in the
+    data, and a log line."""
+    from controller import logs
+
+    getattr(logs.get_logger("sim.demo.chaos"), level)("chaos measurement failed", what=what,
+                                                     error=repr(exc)[:200])
+
+
 def _mwc() -> list[str]:
     exe = Path(sys.executable).with_name("mwc")
     return [str(exe)] if exe.exists() else [sys.executable, "-m", "controller.cli"]
-
-
-def _free_base(count: int, tries: int = 50) -> int:
-    """A base port with ``count`` free consecutive ports after it (loopback)."""
-    for _ in range(tries):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            base = int(s.getsockname()[1])
-        if base + count >= 65000:
-            continue
-        ok = True
-        for p in range(base, base + count):
-            with socket.socket() as s:
-                try:
-                    s.bind(("127.0.0.1", p))
-                except OSError:
-                    ok = False
-                    break
-        if ok:
-            return base
-    raise RuntimeError(f"no {count} consecutive free ports found")
 
 
 class Procs:
@@ -127,9 +116,24 @@ class Procs:
         self.config = st.out / "station.toml"
         self.lives = 0
 
-    async def start_sim(self, modules: int, presets: list[str]) -> None:
-        if not self.base:
-            self.base = _free_base(modules + 4)
+    async def start_sim(self, modules: int, presets: list[str], tries: int = 3) -> None:
+        """Start the simulator process. Its restarts must keep the ports the controller
+        knows, so it gets a block of consecutive ports rather than port 0; the block is
+        picked before the simulator binds it, so the *first* start moves to another block
+        when the simulator cannot bind (up to ``tries`` times). A restart that cannot bind
+        is an error."""
+        first = not self.base
+        for attempt in range(tries if first else 1):
+            if first:
+                self.base = free_port_block(modules + 4)
+            if await self._start_sim_once(modules, presets):
+                return
+            if not first or attempt == tries - 1:
+                raise RuntimeError(f"the simulator exited ({self.sim and self.sim.poll()}); "
+                                   "see simulator.log")
+
+    async def _start_sim_once(self, modules: int, presets: list[str]) -> bool:
+        """True when the simulator serves (its layout read); False when it exited."""
         cmd = [*_mwc(), "sim", "modules", "--count", str(modules), "--guns", "2",
                "--port", str(self.base), "--trucks", ",".join(presets)]
         err = (self.st.out / "simulator.log").open("ab")
@@ -139,8 +143,10 @@ class Procs:
         assert self.sim.stdout is not None
         line = await asyncio.wait_for(asyncio.to_thread(self.sim.stdout.readline), 30)
         if not line:
-            raise RuntimeError(f"the simulator exited ({self.sim.poll()}); see simulator.log")
+            self.sim.wait()
+            return False
         self.layout = json.loads(line)
+        return True
 
     def kill_sim(self) -> None:
         if self.sim is not None and self.sim.poll() is None:
@@ -203,11 +209,14 @@ async def _currents(layout: dict[str, Any]) -> tuple[float, float]:
         try:
             r = await m.poll()
             out.append(r.current_a if r.available else math.nan)
-        except Exception:
+        except Exception as exc:  # the meter is down (the chaos): NaN in the series
+            _unreadable(f"meter {g}", exc)
             out.append(math.nan)
         finally:
-            with contextlib.suppress(Exception):
+            try:
                 await m.close()
+            except Exception as exc:
+                _unreadable(f"closing meter {g}", exc)
     return out[0], out[1]
 
 
@@ -225,7 +234,8 @@ async def _coils_on(layout: dict[str, Any]) -> int | None:
         if r.isError():
             return None
         return int(sum(bool(b) for b in r.bits[:n]))
-    except Exception:
+    except Exception as exc:  # the matrix is down (the chaos): no sample
+        _unreadable("matrix coils", exc)
         return None
     finally:
         client.close()
@@ -325,8 +335,7 @@ async def run_chaos(sc: Scenario, out: Path, shorten: float = 1.0, live: bool = 
             st.notes.append(f"controller stopped {time.monotonic() - t_term:.1f} s after "
                             "SIGTERM")
         sampler.cancel()
-        with contextlib.suppress(BaseException):
-            await sampler
+        await join(sampler, "meter sampler", "sim.demo.chaos")
         st.coils_on = await _coils_on(procs.layout)
     except Exception as exc:  # reported as such: the verdicts that could not run say so
         st.notes.append(f"aborted: {exc}")
@@ -334,8 +343,7 @@ async def run_chaos(sc: Scenario, out: Path, shorten: float = 1.0, live: bool = 
     finally:
         if sampler is not None:
             sampler.cancel()
-            with contextlib.suppress(BaseException):
-                await sampler
+            await join(sampler, "meter sampler", "sim.demo.chaos")
         procs.stop_all()
         if backend is not None:
             backend.stop()
@@ -415,7 +423,8 @@ async def _transactions(backend: Any, station_id: str) -> list[dict[str, Any]] |
             reply.raise_for_status()
             return [(await client.get(f"/api/v1/transactions/{tx['id']}")).json()
                     for tx in reply.json()]
-    except Exception:
+    except Exception as exc:  # the verdicts that need them say they could not run
+        _unreadable("backend transactions", exc, "warning")
         return None
 
 

@@ -80,6 +80,7 @@ def run_scenario(name: str, args: argparse.Namespace) -> int:
     try:
         state = asyncio.run(run(sc, opts))
     finally:
+        logs.configure(level="INFO", stream="stderr")  # off the file before it is closed
         log_stream.close()
     import json
 

@@ -9,7 +9,6 @@ around it that must never fail a run (each step logs a note and goes on).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import time
 from collections.abc import Awaitable
@@ -116,8 +115,13 @@ async def screenshots(view: Any, api_url: str | None, token: str | None, out: Pa
 
 async def close_view(view: Any) -> None:
     if view is not None:
-        with contextlib.suppress(Exception):
+        try:
             await view.close()
+        except Exception as exc:  # the run is over; say so, do not fail the report
+            from controller import logs
+
+            logs.get_logger("sim.demo").warning("live view not closed cleanly",
+                                                error=repr(exc)[:200])
 
 
 def listed(out: Path) -> list[tuple[str, str]]:

@@ -27,6 +27,7 @@ from sim.demo.collect import Collector
 from sim.demo.live import Live
 from sim.demo.scenario import Event, Scenario
 from sim.demo.services import Backend, Broker, GridFeed, MqttPublisher, mosquitto_binary
+from sim.demo.tasks import join
 
 
 class BackendLink(Protocol):
@@ -179,7 +180,8 @@ async def run(sc: Scenario, opts: Options, backend_link: Any = None) -> RunState
                   f"{sc.station.module_power_w / 1000:g} kW / {sc.station.module_current_a:g} A,"
                   f" {guns} guns; scenario {sc.name!r}, dt {sc.dt_s:g} s")
         await pages.with_progress(station.start(), live, "starting the station")
-        tasks.append(asyncio.create_task(pages.compile_progress(station, live)))
+        tasks.append(asyncio.create_task(pages.compile_progress(station, live),
+                                         name="compile progress"))
         await _loop(sc, opts, state, station, sim, clock, trucks, feed, collector, live, stop,
                     backend_link)
         if opts.live and not stop.is_set():  # a person's run (`make demo`), not --quiet
@@ -201,8 +203,7 @@ async def run(sc: Scenario, opts: Options, backend_link: Any = None) -> RunState
         for t in tasks:
             t.cancel()
         for t in tasks:
-            with contextlib.suppress(BaseException):
-                await t
+            await join(t, t.get_name())
         await sim.stop()
         if backend is not None:
             backend.stop()
@@ -251,8 +252,9 @@ async def _grid(sc: Scenario, cfg: Any, station: Any, clock: SimClock, broker: B
                     events=telemetry, mono=clock, wall=clock.time)
     station.subscribe(telemetry.observe)
     pub = MqttPublisher(broker.port, f"mwc-sim-grid-{sc.station.id}")
-    for coro in (conn.run(), telemetry.run(), pub.run()):
-        tasks.append(asyncio.create_task(coro))
+    for name, coro in (("MQTT connection", conn.run()), ("telemetry", telemetry.run()),
+                       ("grid publisher", pub.run())):
+        tasks.append(asyncio.create_task(coro, name=name))
     await asyncio.wait_for(pub.connected.wait(), 10)
     await asyncio.wait_for(conn.wait_connected(), 10)  # subscribed before the first limit
     await asyncio.sleep(0.1)

@@ -34,7 +34,13 @@ from controller.clock import Monotonic, WallSeconds
 from sim.demo.scenario import GridSpec
 
 
+class PortTaken(RuntimeError):
+    """Mosquitto could not bind its port: another process has it."""
+
+
 def free_port() -> int:
+    """A loopback port free now, for mosquitto, which cannot bind port 0 and report it;
+    ``Broker.start`` moves to another when it is taken before the broker binds it."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
@@ -56,11 +62,26 @@ class Broker:
         self.port = free_port()
         self.proc: subprocess.Popen[bytes] | None = None
 
-    async def start(self, timeout: float = 5.0) -> None:
+    async def start(self, timeout: float = 5.0, tries: int = 3) -> None:
+        """Start the broker and wait until it accepts connections. Mosquitto cannot bind
+        port 0 and report it: the port is picked first, and when another process takes it
+        before the broker binds it, the broker moves to a new one (up to ``tries`` times)."""
+        for attempt in range(tries):
+            try:
+                await self._start_once(timeout)
+                return
+            except PortTaken:
+                if attempt == tries - 1:
+                    raise
+                self.port = free_port()
+
+    async def _start_once(self, timeout: float) -> None:
         self.directory.mkdir(parents=True, exist_ok=True)
         conf = self.directory / "mosquitto.conf"
+        log = self.directory / "mosquitto.log"
+        log.unlink(missing_ok=True)
         lines = ["user root" if os.geteuid() == 0 else "", "persistence false",
-                 f"log_dest file {self.directory / 'mosquitto.log'}",
+                 f"log_dest file {log}",
                  f"listener {self.port} 127.0.0.1", "allow_anonymous true"]
         conf.write_text("\n".join(lines) + "\n")
         self.proc = subprocess.Popen([self.binary, "-c", str(conf)], stdout=subprocess.DEVNULL,
@@ -68,11 +89,14 @@ class Broker:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"mosquitto exited with {self.proc.returncode}")
+                text = log.read_text(errors="replace") if log.exists() else ""
+                if "in use" in text:
+                    raise PortTaken(f"mosquitto: port {self.port} is taken")
+                raise RuntimeError(f"mosquitto exited with {self.proc.returncode}: {text}")
             with contextlib.suppress(OSError), socket.create_connection(
                     ("127.0.0.1", self.port), timeout=0.2):
                 return
-            await asyncio.sleep(0.02)
+            await asyncio.sleep(0.02)  # polling a child process: no event to wait on
         raise RuntimeError(f"mosquitto did not listen on {self.port}")
 
     def stop(self) -> None:

@@ -33,7 +33,8 @@ from csms_fixtures import (
 )
 from cycle_fixtures import TEST_LINK, small_truck
 from cycle_fixtures import make_config as station_cfg
-from mqtt_fixtures import MOSQUITTO, broker, free_port, station_config
+from helpers import eventually, logged, logged_events
+from mqtt_fixtures import MOSQUITTO, broker, station_config
 
 from controller.config import WebviewConfig
 from controller.ocpp.config import OcppConfig
@@ -81,23 +82,6 @@ class Stack:
         return path
 
 
-async def until(pred: Any, timeout: float, what: str, step: float = 0.1,
-                detail: Any = None) -> Any:
-    """Poll ``pred`` (sync or async) until it returns something truthy; fail naming ``what``
-    (and ``detail()``, what the test wants to see then)."""
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        last = pred()
-        if asyncio.iscoroutine(last):
-            last = await last
-        if last:
-            return last
-        await asyncio.sleep(step)
-    more = f"; {detail()}" if detail is not None else ""
-    raise AssertionError(f"{what}: not within {timeout} s (last: {last!r}){more}")
-
-
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def stack(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Stack]:
     async_api = pytest.importorskip("playwright.async_api", reason="playwright not installed")
@@ -109,7 +93,6 @@ async def stack(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Stack
               for n in ("A", "B")]
     physics = StationPhysics(MODULES, 2, ModuleParams(), loads=trucks)
     sim = StationSimulator(physics, realtime=True)
-    view_port = free_port()
     with broker(tmp / "mq") as b:
         async with running_csms(make_config(tmp)) as csms:
             await provision(csms, "TEST-1")
@@ -122,22 +105,26 @@ async def stack(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Stack
                                    password=PASSWORD, database=str(tmp / "station.sqlite3"),
                                    sampled_interval_s=1, retry_backoff_wait_minimum_s=0,
                                    retry_backoff_random_range_s=0),
-                "webview": WebviewConfig(enabled=True, port=view_port, rate_hz=5.0)})
+                "webview": WebviewConfig(enabled=True, port=0, rate_hz=5.0)})
             station = Station(cfg, trucks, hardware=Hardware(sim.hardware_config(TEST_LINK),
                                                              time.monotonic))
             stop = asyncio.Event()
             task: asyncio.Task[None] | None = None
             try:
                 await station.start()
-                task = asyncio.create_task(run_services(station, cfg, stop))
+                with logged_events("controller.webview") as events:  # its bound port
+                    task = asyncio.create_task(run_services(station, cfg, stop))
+                    view_url = await eventually(
+                        lambda: logged(events, "webview_listening", "url"), 20,
+                        what="the live view listens")
                 async with async_playwright() as pw:
                     browser = await pw.chromium.launch(executable_path=CHROMIUM,
                                                        args=["--no-sandbox"])
                     s = Stack(station, trucks, sim, csms, b.port,
-                              f"http://127.0.0.1:{view_port}/",
+                              view_url,
                               f"http://127.0.0.1:{csms.api_port}/", tmp, browser)
-                    await until(lambda: csms.session("TEST-1") is not None, 20,
-                                "the station connects to the CSMS")
+                    await eventually(lambda: csms.session("TEST-1") is not None, 20,
+                                     what="the station connects to the CSMS")
                     try:
                         yield s
                     finally:
@@ -151,4 +138,4 @@ async def stack(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Stack
                 await sim.stop()
 
 
-__all__ = ["API_TOKEN", "MODULES", "Stack", "needs_browser", "until"]
+__all__ = ["API_TOKEN", "MODULES", "Stack", "needs_browser"]

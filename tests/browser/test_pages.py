@@ -17,7 +17,8 @@ from typing import Any
 
 import aiomqtt
 import pytest
-from browser_stack import API_TOKEN, MODULES, Stack, needs_browser, until
+from browser_stack import API_TOKEN, MODULES, Stack, needs_browser
+from helpers import eventually
 
 pytestmark = [needs_browser, pytest.mark.asyncio(loop_scope="module")]
 
@@ -49,10 +50,10 @@ async def test_gun_current_follows_the_simulated_truck(stack: Stack, tmp_path: P
         shown = await gun_current(page, 1)
         return shown is not None and abs(shown - target) < 0.1 * target + 15
 
-    await until(lambda: near(300.0), 20, "gun 1 reaches the truck's 300 A maximum",
-                detail=lambda: stack.station.last_record.guns[0])  # type: ignore[union-attr]
+    await eventually(lambda: near(300.0), 20, 0.1, "gun 1 reaches the truck's 300 A maximum",
+                     detail=lambda: stack.station.last_record.guns[0])  # type: ignore[union-attr]
     truck.params = dataclasses.replace(truck.params, ev_max_current_a=150.0)
-    await until(lambda: near(150.0), 10, "gun 1 follows the truck down to 150 A")
+    await eventually(lambda: near(150.0), 10, 0.1, "gun 1 follows the truck down to 150 A")
     shown = await gun_current(page, 1)
     assert shown is not None and abs(shown - truck.current_a) < 0.1 * 150 + 15
     assert await page.text_content("#gun-1 .state") == "Charging"
@@ -75,7 +76,7 @@ async def publish_grid(stack: Stack, limit_kw: float, ident: str) -> float:
 async def test_grid_limit_over_mqtt_shows_as_binding_within_2_s(stack: Stack,
                                                                 tmp_path: Path) -> None:
     page = await stack.page(stack.view_url)
-    await until(lambda: gun_current(page, 1), 10, "gun 1 charging")
+    await eventually(lambda: gun_current(page, 1), 10, 0.1, "gun 1 charging")
     t0 = await publish_grid(stack, 60.0, "browser-peak-1")
 
     async def bound() -> bool:
@@ -83,7 +84,7 @@ async def test_grid_limit_over_mqtt_shows_as_binding_within_2_s(stack: Stack,
         src = await page.get_attribute("#gun-1 .binding", "data-source") or ""
         return b == "STATION" and src == "grid:ems-test:browser-peak-1"
 
-    await until(bound, 5, "gun 1 bound by the grid limit")
+    await eventually(bound, 5, 0.1, "gun 1 bound by the grid limit")
     took = time.monotonic() - t0
     assert await page.text_content("#cap-source") == "grid:ems-test:browser-peak-1"
     assert (await page.text_content("#station-cap")).startswith("60.0")  # type: ignore[union-attr]
@@ -142,7 +143,7 @@ async def test_console_charging_limit_brings_the_gun_current_down(stack: Stack,
         shown = await gun_current(live, g)
         return shown is not None and shown > amps
 
-    await until(lambda: above(2, 250.0), 20, "gun 2 charging above 250 A")
+    await eventually(lambda: above(2, 250.0), 20, 0.1, "gun 2 charging above 250 A")
     page = await sign_in(stack)
     await page.select_option("#cmd-station", "TEST-1")
     await page.fill("#cmd-evse", "2")
@@ -156,8 +157,8 @@ async def test_console_charging_limit_brings_the_gun_current_down(stack: Stack,
         shown = await gun_current(live, 2)
         return shown is not None and shown < 110.0
 
-    await until(below, 10, "gun 2 down to the 100 A charging limit on the live view",
-                detail=lambda: stack.station.last_record.guns[1])  # type: ignore[union-attr]
+    await eventually(below, 10, 0.1, "gun 2 down to the 100 A charging limit on the live view",
+                     detail=lambda: stack.station.last_record.guns[1])  # type: ignore[union-attr]
     source = await live.get_attribute("#gun-2 .binding", "data-source") or ""
     assert source.lower().startswith("ocpp"), source
     await page.screenshot(path=str(tmp_path / "console-limit.png"), full_page=True)
@@ -237,7 +238,7 @@ async def test_clear_fault_button_asks_first_then_clears_the_gun(stack: Stack,
 
     page.once("dialog", decline)
     await page.click(button)
-    await until(lambda: asked, 5, "the confirmation dialog")
+    await eventually(lambda: asked, 5, 0.1, "the confirmation dialog")
     await asyncio.sleep(0.6)  # three pushes: still faulted, nothing was sent
     assert await page.text_content("#gun-1 .state") == "Faulted"
     assert "gun 1" in asked[0]

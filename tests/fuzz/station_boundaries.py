@@ -219,8 +219,8 @@ async def linked(version: str, directory: Path, hostile_answers: float = 0.0, se
     """A hostile backend and the station client of ``version`` on a fake station, online
     (the start-up traffic over); both stopped afterwards. ``hostile_answers``: the share of
     the station's own CALLs answered with a hostile response once it is online."""
-    from controller.ocpp.service import OcppService
-    from controller.ocpp16.service import Ocpp16Service
+    from controller.ocpp.v16.service import Ocpp16Service
+    from controller.ocpp.v201.service import OcppService
 
     be = HostileBackend(version)
     await be.start()
@@ -267,8 +267,8 @@ async def fuzz_station(cases: int, seed: int, version: str, *,
     """``cases`` hostile CALLs from a backend to the station client of ``version``
     ("2.0.1" or "1.6"), while ``hostile_answers`` of the station's own CALLs get a hostile
     response; see the module docstring for what is counted."""
-    from controller.ocpp.service import OcppService
-    from controller.ocpp16.service import Ocpp16Service
+    from controller.ocpp.v16.service import Ocpp16Service
+    from controller.ocpp.v201.service import OcppService
 
     gen = Generator(templates16() if version == "1.6" else templates201(), seed)
     tmp = tempfile.TemporaryDirectory(prefix="mwc-fuzz-")

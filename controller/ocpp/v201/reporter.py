@@ -1,84 +1,78 @@
-"""The station-facing half of :class:`~controller.ocpp.service.OcppService`: station events
-→ TransactionEvents and StatusNotifications, authorization (C01, offline rules, cache),
-remote start/stop, triggers, reset, reports, limits for the control cycle."""
+"""The OCPP 2.0.1 transaction reporter and the station-facing answers to the backend.
+
+:class:`Reporter201` is the :class:`~controller.ocpp.bridge.Reporter` of 2.0.1: session
+events → TransactionEvents (per TxStartPoint / TxStopPoint) and StatusNotifications,
+periodic and clock-aligned samples, the K12 grid-limit report; and the work behind the
+handlers: authorization (C01, offline rules, cache), remote start (F01/F02), triggers,
+Reset (B11/B12), reports. Every collaborator comes through the constructor.
+"""
 
 from __future__ import annotations
 
-import sqlite3
-from collections.abc import Callable
-from datetime import datetime
 from typing import Any
 
 from ocpp.v201 import call
 
-from controller.limits import STATION
-from controller.ocpp.client import OcppClient
-from controller.ocpp.common import AuthCache, decide_authorization
-from controller.ocpp.device_model import DeviceModel
-from controller.ocpp.ports import StationPort
-from controller.ocpp.queue import MessageQueue
-from controller.ocpp.remote_start import RemoteStarts
+from controller.limits import STATION, LimitKey
+from controller.ocpp.auth import AuthCache, claim_remote_start, decide_authorization
+from controller.ocpp.availability import Availability
+from controller.ocpp.bridge import StationView
+from controller.ocpp.link import Uplink
+from controller.ocpp.meter import meter_value
+from controller.ocpp.outbox import Outbox
+from controller.ocpp.ports import Log
+from controller.ocpp.remote_start import RemoteStarts, candidates
+from controller.ocpp.reset import Resets
 from controller.ocpp.smart_charging import Profiles
-from controller.ocpp.station_common import StationEvents
-from controller.ocpp.transactions import Transactions, meter_value
+from controller.ocpp.tasks import Progress, Tasks
+from controller.ocpp.v201.adapter import Adapter201, BackendClock
+from controller.ocpp.v201.device_model import DeviceModel
+from controller.ocpp.v201.transactions import Transactions
 from controller.ocpp.wire import iso
 from controller.records import GunRecord
-from controller.session import ENERGY_STATES, GunState
+from controller.session import ENERGY_STATES, GunState, SessionEvent
 
 _STATE = {GunState.CHARGING: "Charging", GunState.SUSPENDED_EV: "SuspendedEV",
           GunState.SUSPENDED_EVSE: "SuspendedEVSE"}
 _TIMING = ("PowerPathClosed", "EnergyTransfer")
+#: (idToken, remoteStartId) of a RequestStartTransaction (F01/F02).
+RemoteToken = tuple[dict[str, Any], int]
 
 
-class StationSide(StationEvents):
-    db: sqlite3.Connection
-    dm: DeviceModel
-    queue: MessageQueue
-    tx: Transactions
-    profiles: Profiles
-    auth_cache: AuthCache
-    station: StationPort | None
-    cp: OcppClient | None
-    online: bool
-    guns: int
-    max_w: float
-    gun_cfg: Any
-    last: list[GunRecord | None]
-    remote: RemoteStarts[tuple[dict[str, Any], int]]
-    reset_pending: bool
-    boot_status: str | None
-    boot_reason: str
-    log: Any
-    wall: Callable[[], datetime]
-    _last_grid: float | None
-    _aligned_slot: float | None
-    _ws: Any
+class Reporter201:
+    """The 2.0.1 side of the station's events and of the backend's requests."""
 
-    on_reset: Callable[[], None] | None
-    async def drain(self, timeout: float = 5.0) -> bool:
-        raise NotImplementedError
-    async def end_connection(self) -> None: ...
+    def __init__(self, view: StationView, dm: DeviceModel, tx: Transactions,
+                 profiles: Profiles, auth_cache: AuthCache, availability: Availability,
+                 link: Uplink, adapter: Adapter201, outbox: Outbox, tasks: Tasks,
+                 progress: Progress, resets: Resets, clock: BackendClock, log: Log) -> None:
+        self.view, self.dm, self.tx, self.profiles = view, dm, tx, profiles
+        self.auth_cache, self.availability, self.link, self.adapter = (
+            auth_cache, availability, link, adapter)
+        self.outbox, self.tasks, self.progress, self.resets = outbox, tasks, progress, resets
+        self.wall, self.log = clock, log
+        self.guns = view.guns
+        #: (idToken, remoteStartId) of RequestStartTransaction per gun (F01/F02).
+        self.remote: RemoteStarts[RemoteToken] = RemoteStarts(log)
+        self._last_grid: float | None = None
 
-    def set_boot_reason(self, reason: str | None) -> None: ...
     def _m(self, name: str) -> list[str]:
-        raise NotImplementedError
-    async def boot_once(self, cp: OcppClient) -> int:
-        raise NotImplementedError
-    async def _status(self, cp: OcppClient, g: int) -> None: ...
+        ctrl = "AlignedDataCtrlr" if name == "Measurands" else "SampledDataCtrlr"
+        return self.dm.members(ctrl, name)
 
     # ------------------------------------------------------------------ station events
-    def on_session_event(self, ev: Any) -> None:
+    def on_session_event(self, ev: SessionEvent) -> None:
         """Session events → TransactionEvents (per TxStartPoint / TxStopPoint) and
         StatusNotifications."""
         kind = ev.kind
         g = ev.gun
         start = self.dm.members("TxCtrlr", "TxStartPoint")
         stop = self.dm.members("TxCtrlr", "TxStopPoint")
-        rec = self.last[g]
+        rec = self.view.last[g]
         begin = self._m("TxStartedMeasurands")
         if kind == "state_changed":
             if ev.previous is None or ev.state.ocpp201 != ev.previous.ocpp201:
-                self._send_status(g)
+                self.link.send_status(g)
             if ev.state is GunState.PREPARING and "EVConnected" in start and g not in self.tx.open:
                 self._start(g, "CablePluggedIn", "EVConnected", None)
             elif ev.state in _STATE and ev.previous in ENERGY_STATES:
@@ -108,13 +102,10 @@ class StationSide(StationEvents):
                 self.tx.update(g, "ChargingStateChanged", state="Charging")
         elif kind == "charging_stopped":
             if any(p in stop for p in _TIMING) or "Authorized" in stop:
-                self._end(g, ev.reason, getattr(ev, "energy_wh", None))
+                self._end(g, ev.reason, ev.energy_wh)
             else:
                 self.tx.update(g, "ChargingStateChanged", state="EVConnected", rec=rec,
                                measurands=begin, context="Sample.Periodic")
-
-    def _kick_sender(self) -> None:
-        self.notify()
 
     def _token(self, g: int, token: str | None) -> tuple[str | None, str, int | None]:
         """The idToken, its type and the remoteStartId a transaction of gun ``g`` carries:
@@ -128,33 +119,33 @@ class StationSide(StationEvents):
 
     def _start(self, g: int, trigger: str, state: str, token: str | None) -> None:
         token, kind, rid = self._token(g, token)
-        tx = self.tx.start(g, trigger if rid is None else "RemoteStart", state, self.last[g],
+        tx = self.tx.start(g, trigger if rid is None else "RemoteStart", state, self.view.last[g],
                            self._m("TxStartedMeasurands"), id_token=token, remote_start_id=rid,
                            token_type=kind)
-        tx.last_sample_t = self.attached.clock()  # sampling interval counts from the start
+        tx.last_sample_t = self.view.attached.clock()  # sampling interval counts from the start
         self.profiles.tx[g + 1] = (tx.tx_id, self.wall().replace(microsecond=0))
         pending = self.remote.take_profile(g)
         if pending is not None:
             pending = {**pending, "transaction_id": tx.tx_id}
             if self.profiles.validate(g + 1, pending) is None:
                 self.profiles.install(g + 1, pending)
-                self.apply_limits()
+                self.view.apply_limits()
 
     def _end(self, g: int, reason: str | None, session_wh: float | None = None) -> None:
-        self.tx.end(g, reason, self.last[g], self._m("TxEndedMeasurands"),
+        self.tx.end(g, reason, self.view.last[g], self._m("TxEndedMeasurands"),
                     session_wh=session_wh)
-        self._pulse()  # a Reset may be waiting for the station to end its transactions
+        self.progress.pulse()  # a Reset may be waiting for the station to end its transactions
         self.profiles.tx_ended(g + 1)
-        self.apply_limits()
-        self.apply_availability(g)  # a Scheduled Inoperative takes effect now
-        if self.reset_pending and not self.tx.open:
-            self.reset_pending = False
-            self.spawn(self.reset(immediate=False))
+        self.view.apply_limits()
+        self.availability.apply(g)  # a Scheduled Inoperative takes effect now
+        if self.resets.pending and not self.tx.open:
+            self.resets.pending = False
+            self.tasks.spawn(self.reset(immediate=False))
 
     def end_orphan(self, g: int, rec: GunRecord | None) -> None:
         self.tx.end(g, "PowerLoss", rec, self._m("TxEndedMeasurands"))
         self.profiles.tx_ended(g + 1)
-        self.apply_limits()
+        self.view.apply_limits()
 
     def sample_interval(self) -> float:
         if not self.dm.flag("SampledDataCtrlr", "Enabled"):
@@ -183,49 +174,47 @@ class StationSide(StationEvents):
             return
         for g in range(self.guns):
             if g in self.tx.open:
-                self.tx.update(g, "MeterValueClock", rec=self.last[g], measurands=measurands,
+                self.tx.update(g, "MeterValueClock", rec=self.view.last[g], measurands=measurands,
                                context="Sample.Clock")
-            elif self.last[g] is not None:
-                mv = meter_value(self.last[g], measurands, "Sample.Clock", iso(self.wall()))
+            elif self.view.last[g] is not None:
+                mv = meter_value(self.view.last[g], measurands, "Sample.Clock", iso(self.wall()))
                 if mv:
-                    self.put("MeterValues", {"evseId": g + 1, "meterValue": mv})
-        self._kick_sender()
+                    self.outbox.put("MeterValues", {"evseId": g + 1, "meterValue": mv})
+        self.outbox.notify()
 
     def after_cycle(self) -> None:
         self._grid_limit()
 
     def _grid_limit(self) -> None:
         """K12: a grid limit from the energy manager that changes the station's capability."""
-        if self.station is None:
+        if self.view.station is None:
             return
-        lim = self.station.limits.get(STATION, "grid")
-        active = lim is not None and lim.active(self.station.clock())
-        value = min(lim.value, self.max_w) if lim is not None and active else None
+        lim = self.view.station.limits.get(STATION, LimitKey.GRID)
+        active = lim is not None and lim.active(self.view.station.clock())
+        value = min(lim.value, self.view.max_w) if lim is not None and active else None
         old = self._last_grid
         sig = self.dm.num("SmartChargingCtrlr", "LimitChangeSignificance")
         changed = (old is None) != (value is None) or (
-            value is not None and old is not None and abs(value - old) > sig * self.max_w)
+            value is not None and old is not None and abs(value - old) > sig * self.view.max_w)
         if not changed:
             return
         self._last_grid = value
         if value is None and old is None:
             return
-        self.put("NotifyChargingLimit", {"chargingLimit": {"chargingLimitSource": "EMS",
+        self.outbox.put("NotifyChargingLimit", {"chargingLimit": {"chargingLimitSource": "EMS",
                                                            "isGridCritical": True}})
 
     # ------------------------------------------------------------------ authorization (C01)
     async def authorize(self, g: int, token: str | None) -> bool:
         """The station's authorizer: remote start, local pre-authorization, Authorize,
         then the offline rules (cache, OfflineTxForUnknownIdEnabled)."""
-        waiting = self.remote.take_waiting(g, self.wall().timestamp())
-        if waiting is not None:
-            id_token = waiting.token[0]
-            if (self.dm.flag("AuthCtrlr", "AuthorizeRemoteStart")
-                    and not await self.check_token(id_token)):
-                self.log.warning("remote start refused: idToken not authorized", gun=g)
-                return False
-            self.remote.accept(g, waiting.token, waiting.profile)
-            return True
+        check = ((lambda t: self.check_token(t[0]))
+                 if self.dm.flag("AuthCtrlr", "AuthorizeRemoteStart") else None)
+        claimed = await claim_remote_start(
+            self.remote, g, self.wall().timestamp(), check,
+            lambda w: self.remote.accept(g, w.token, w.profile), self.log)
+        if claimed is not None:
+            return claimed
         if not token:
             return False
         ok = await self.check_token({"id_token": token, "type": "Central"})
@@ -237,10 +226,10 @@ class StationSide(StationEvents):
         """C01 for one idToken: the cache with LocalPreAuthorize, Authorize at the backend,
         then the offline rules (cache, OfflineTxForUnknownIdEnabled)."""
         token = str(id_token["id_token"])
-        await self.wait_connected()
-        cp = self.cp
+        await self.link.wait_connected()
+        cp = self.link.cp
         ask = None
-        if cp is not None and self.online:
+        if cp is not None and self.link.online:
             async def ask() -> str:
                 r = await cp.call(call.Authorize(id_token={
                     "id_token": token, "type": str(id_token.get("type", "Central"))}),
@@ -259,18 +248,17 @@ class StationSide(StationEvents):
         """F01/F02 (and K05): (status, reason if rejected, running transactionId)."""
         if profile is not None and profile.get("charging_profile_purpose") != "TxProfile":
             return "Rejected", "chargingProfile must be a TxProfile", None
-        guns = [evse_id - 1] if evse_id is not None else sorted(
-            range(self.guns), key=lambda x: self.attached.sessions[x].state is not
-            GunState.PREPARING)
+        guns = candidates(self.view.attached, self.guns,
+                          None if evse_id is None else evse_id - 1)
         for g in guns:
             if not 0 <= g < self.guns:
                 return "Rejected", f"unknown EVSE {evse_id}", None
-            state = self.attached.sessions[g].state
+            state = self.view.attached.sessions[g].state
             if g in self.tx.open and self.tx.open[g].id_token:
                 continue
             if state is GunState.PREPARING:
                 if self.dm.flag("AuthCtrlr", "AuthorizeRemoteStart"):  # F01.FR.01
-                    self.spawn(self._authorize_remote(g, id_token, remote_id, profile))
+                    self.tasks.spawn(self._authorize_remote(g, id_token, remote_id, profile))
                 else:
                     self._remote_accepted(g, id_token, remote_id, profile)
             elif state is GunState.AVAILABLE:
@@ -286,7 +274,7 @@ class StationSide(StationEvents):
                          profile: dict[str, Any] | None) -> None:
         """A remote start for the waiting gun ``g``: authorized with the backend's token."""
         self.remote.accept(g, (dict(id_token), remote_id), profile)
-        self.attached.set_authorization(g, True)
+        self.view.attached.set_authorization(g, True)
 
     async def _authorize_remote(self, g: int, id_token: dict[str, Any], remote_id: int,
                                 profile: dict[str, Any] | None) -> None:
@@ -298,7 +286,7 @@ class StationSide(StationEvents):
             self.log.warning("remote start refused: idToken not authorized", gun=g)
 
     async def triggered(self, what: str, g: int | None) -> None:
-        cp = self.cp
+        cp = self.link.cp
         if cp is None:
             return
         guns = [g] if g is not None else list(range(self.guns))
@@ -306,20 +294,20 @@ class StationSide(StationEvents):
             await cp.call(call.Heartbeat(), suppress=False)
         elif what == "StatusNotification":
             for x in guns:
-                await self._status(cp, x)
+                await self.adapter.status(cp, x)
         elif what == "BootNotification":
-            self.boot_reason = "Triggered"
-            await self.boot_once(cp)
+            self.adapter.boot_reason = "Triggered"
+            await self.link.boot_once(cp)
         elif what == "TransactionEvent":
             for x in guns:
-                self.tx.update(x, "Trigger", rec=self.last[x],
+                self.tx.update(x, "Trigger", rec=self.view.last[x],
                                measurands=self._m("TxUpdatedMeasurands"))
-            self._kick_sender()
+            self.outbox.notify()
         elif what == "MeterValues":
             for x in guns:
-                if self.last[x] is None:
+                if self.view.last[x] is None:
                     continue
-                mv = meter_value(self.last[x], self._m("TxUpdatedMeasurands"), "Trigger",
+                mv = meter_value(self.view.last[x], self._m("TxUpdatedMeasurands"), "Trigger",
                                  iso(self.wall()), energy_wh=0.0)
                 if mv:
                     await cp.call(call.MeterValues(evse_id=x + 1, meter_value=mv),
@@ -331,15 +319,16 @@ class StationSide(StationEvents):
         DRAIN_TIMEOUT_S: no Ended is sent twice), then hand the restart to ``on_reset`` (the
         station and its services restart); without an owner only the OCPP connection
         restarts (closed with a close frame, reconnected at once)."""
-        await self.reset_transactions("ImmediateReset", True, self._end)
-        self.security_event("ResetOrReboot", "Reset " + ("Immediate" if immediate else "OnIdle"))
-        self.boot_reason = "RemoteReset"
-        self.set_boot_reason("RemoteReset")
-        await self.restart_after_reset()
+        await self.resets.end_transactions("ImmediateReset", True, self._end)
+        self.outbox.security_event("ResetOrReboot",
+                                   "Reset " + ("Immediate" if immediate else "OnIdle"))
+        self.adapter.boot_reason = "RemoteReset"
+        self.adapter.set_boot_reason("RemoteReset")
+        await self.resets.restart()
 
     async def send_report(self, request_id: int, base: str) -> None:
         """B07: NotifyReport in parts of ItemsPerMessage (tbc on all but the last)."""
-        cp = self.cp
+        cp = self.link.cp
         if cp is None:
             return
         data = self.dm.report(base)
@@ -370,7 +359,7 @@ class StationSide(StationEvents):
 
     async def report_profiles(self, request_id: int, crit: dict[str, Any],
                               evse: int | None) -> None:
-        cp = self.cp
+        cp = self.link.cp
         found = self.find_profiles(crit, evse)
         if cp is None or not found:
             return

@@ -17,6 +17,7 @@ from datetime import datetime
 from typing import Any
 
 from controller.ocpp import storage
+from controller.ocpp.meter import meter_value
 from controller.ocpp.queue import MessageQueue
 from controller.ocpp.wire import iso
 from controller.records import GunRecord
@@ -34,31 +35,12 @@ STOP_MAP: dict[str, tuple[str, str]] = {
     "PowerLoss": ("AbnormalCondition", "PowerLoss"),
     "DeAuthorized": ("Deauthorized", "DeAuthorized"),
 }
-UNITS = {"Energy.Active.Import.Register": "Wh", "Power.Active.Import": "W",
-         "Current.Import": "A", "Voltage": "V", "SoC": "Percent"}
 
 
 def stop_reasons(reason: str | None) -> tuple[str, str]:
     if reason and reason.startswith("emergency"):
         return STOP_MAP["EmergencyStop"]
     return STOP_MAP.get(reason or "", ("AbnormalCondition", "Other"))
-
-
-def meter_value(rec: GunRecord | None, measurands: list[str], context: str,
-                ts: str, energy_wh: float | None = None) -> list[dict[str, Any]]:
-    """One MeterValue of the gun's DC meter (NaN / missing readings are left out)."""
-    values = {"Energy.Active.Import.Register": energy_wh if rec is None else rec.energy_wh}
-    if rec is not None:
-        values |= {"Power.Active.Import": rec.power_w, "Current.Import": rec.current_a,
-                   "Voltage": rec.voltage_v, "SoC": rec.soc_pct}
-    sampled = []
-    for m in measurands:
-        v = values.get(m)
-        if v is None or not math.isfinite(v):
-            continue
-        sampled.append({"value": round(float(v), 3), "context": context, "measurand": m,
-                        "location": "Outlet", "unitOfMeasure": {"unit": UNITS[m]}})
-    return [{"timestamp": ts, "sampledValue": sampled}] if sampled else []
 
 
 @dataclass(slots=True)

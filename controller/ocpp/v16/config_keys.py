@@ -79,7 +79,9 @@ def standard_keys(cfg: OcppConfig, station: StationConfig) -> list[Key]:
         Key("MaxChargingProfilesInstalled", "int", RO, "20"),
         # security extension: the Basic auth password (write-only), the profile in use (a
         # different profile needs another URL / CA: the configuration file's business)
-        Key("AuthorizationKey", "str", WO, c.password or "", min_len=16, max_len=40),
+        Key("AuthorizationKey", "str", WO,
+            c.password.get_secret_value() if c.password is not None else "",
+            min_len=16, max_len=40),
         Key("SecurityProfile", "int", RO, str(c.security_profile)),
         Key("CpoName", "str", RW, ""),
     ]

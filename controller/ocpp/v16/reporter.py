@@ -1,84 +1,65 @@
-"""The station-facing half of :class:`~controller.ocpp16.service.Ocpp16Service`: station
-events → StartTransaction / MeterValues / StopTransaction / StatusNotification, authorization
-(offline rules, cache), remote start, triggers, reset and the limits of the control cycle."""
+"""The OCPP 1.6J transaction reporter and the station-facing answers to the backend.
+
+:class:`Reporter16` is the :class:`~controller.ocpp.bridge.Reporter` of 1.6: session events
+→ StartTransaction / MeterValues / StopTransaction and StatusNotifications, periodic and
+clock-aligned samples; and the work behind the handlers: authorization (offline rules,
+cache), remote start, triggers, Reset. Every collaborator comes through the constructor.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from datetime import datetime
 from typing import Any
 
 from ocpp.v16 import call
 
-from controller.ocpp.common import AuthCache, decide_authorization
-from controller.ocpp.ports import StationPort
-from controller.ocpp.remote_start import RemoteStarts
+from controller.ocpp.auth import AuthCache, claim_remote_start, decide_authorization
+from controller.ocpp.availability import Availability
+from controller.ocpp.bridge import StationView
+from controller.ocpp.link import Uplink
+from controller.ocpp.outbox import Outbox
+from controller.ocpp.ports import Log
+from controller.ocpp.remote_start import RemoteStarts, Waiting, candidates
+from controller.ocpp.reset import Resets
 from controller.ocpp.smart_charging import Profiles
-from controller.ocpp.station_common import StationEvents
+from controller.ocpp.tasks import Progress, Tasks
+from controller.ocpp.v16 import smart16
+from controller.ocpp.v16.adapter import FREE_ID_TAG, Adapter16
+from controller.ocpp.v16.config_keys import ConfigKeys
+from controller.ocpp.v16.transactions import Transactions16, meter16
 from controller.ocpp.wire import iso
-from controller.ocpp16 import smart16
-from controller.ocpp16.config_keys import ConfigKeys
-from controller.ocpp16.transactions import Transactions16, meter16
 from controller.records import GunRecord
-from controller.session import GunState
-
-#: idTag of a transaction nobody authorized (free charging): 1.6 requires one.
-FREE_ID_TAG = "FreeCharging"
-#: Words of a fault reason → ChargePointErrorCode (first match wins).
-_ERRORS = (("current", "OverCurrentFailure"), ("under", "UnderVoltage"),
-           ("voltage", "OverVoltage"), ("temperature", "HighTemperature"),
-           ("meter", "PowerMeterFailure"), ("contactor", "PowerSwitchFailure"),
-           ("module", "PowerSwitchFailure"), ("isolation", "GroundFailure"),
-           ("vehicle", "EVCommunicationError"), ("safety", "InternalError"))
+from controller.session import GunState, SessionEvent
 
 
-def error_code(state: GunState, reason: str | None) -> str:
-    if state is not GunState.FAULTED:
-        return "NoError"
-    text = (reason or "").lower()
-    return next((code for word, code in _ERRORS if word in text), "OtherError")
+class Reporter16:
+    """The 1.6 side of the station's events and of the backend's requests."""
 
-
-class StationSide16(StationEvents):
-    keys: ConfigKeys
-    tx: Transactions16
-    profiles: Profiles
-    auth_cache: AuthCache
-    station: StationPort | None
-    cp: Any
-    online: bool
-    guns: int
-    max_w: float
-    gun_cfg: Any
-    log: Any
-    wall: Callable[[], datetime]
-    last: list[GunRecord | None]
-    tags: dict[int, str]
-    reasons: dict[int, str | None]
-    #: Remote starts; an accepted one's idTag is the transaction's, whatever the station's
-    #: own authorization of the truck answers later.
-    remote: RemoteStarts[str]
-    _aligned_slot: float | None
-    _ws: Any
-    on_reset: Callable[[], None] | None
-    boot_status: str | None
-
-    async def boot_once(self, cp: Any) -> int:
-        raise NotImplementedError
-    async def drain(self, timeout: float = 5.0) -> bool:
-        raise NotImplementedError
-    async def end_connection(self) -> None: ...
-    async def _status(self, cp: Any, g: int) -> None: ...
+    def __init__(self, view: StationView, keys: ConfigKeys, tx: Transactions16,
+                 profiles: Profiles, auth_cache: AuthCache, availability: Availability,
+                 link: Uplink, adapter: Adapter16, outbox: Outbox, tasks: Tasks,
+                 progress: Progress, resets: Resets, log: Log) -> None:
+        self.view, self.keys, self.tx, self.profiles = view, keys, tx, profiles
+        self.auth_cache, self.availability, self.link, self.adapter = (
+            auth_cache, availability, link, adapter)
+        self.outbox, self.tasks, self.progress, self.resets = outbox, tasks, progress, resets
+        self.wall, self.log = view.wall, log
+        self.guns = view.guns
+        #: The idTag of each gun's session (the truck's, or a remote start's).
+        self.tags: dict[int, str] = {}
+        #: Remote starts; an accepted one's idTag is the transaction's, whatever the
+        #: station's own authorization of the truck answers later.
+        self.remote: RemoteStarts[str] = RemoteStarts(log)
 
     # ------------------------------------------------------------------ station events
-    def on_session_event(self, ev: Any) -> None:
+    def on_session_event(self, ev: SessionEvent) -> None:
         """Session events → StartTransaction / StopTransaction and StatusNotifications."""
         kind = ev.kind
         g = ev.gun
         if kind == "state_changed":
-            self.reasons[g] = ev.reason
+            self.adapter.reasons[g] = ev.reason
             if ev.previous is None or ev.state.ocpp16 != ev.previous.ocpp16:
-                self._send_status(g)
+                self.link.send_status(g)
             if ev.state in (GunState.AVAILABLE, GunState.FAULTED) and g in self.tx.open:
                 self.stop_tx(g, ev.reason if ev.state is GunState.AVAILABLE else "Other")
             if ev.state is GunState.AVAILABLE:
@@ -89,32 +70,36 @@ class StationSide16(StationEvents):
         elif kind == "charging_started" and g not in self.tx.open:
             self.remote.take_token(g)
             tag = self.tags.get(g) or ev.id_token or FREE_ID_TAG
-            tx = self.tx.start(g, tag[:20], self.last[g], self.keys.members("StopTxnSampledData"))
-            tx.last_sample_t = self.attached.clock()  # the sample interval counts from here
+            tx = self.tx.start(g, tag[:20], self.view.last[g],
+                               self.keys.members("StopTxnSampledData"))
+            tx.last_sample_t = self.view.attached.clock()  # the sample interval counts from here
             self.profiles.tx[g + 1] = (str(tx.tx_id), self.wall().replace(microsecond=0))
             pending = self.remote.take_profile(g)
             if pending is not None and smart16.set_profile(self.profiles, g + 1, {
                     **pending, "transaction_id": None}) is None:
-                self.apply_limits()
+                self.view.apply_limits()
         elif kind == "charging_stopped" and g in self.tx.open:
-            self.stop_tx(g, ev.reason, getattr(ev, "energy_wh", None))
+            self.stop_tx(g, ev.reason, ev.energy_wh)
 
     def stop_tx(self, g: int, reason: str | None, session_wh: float | None = None) -> None:
-        tx = self.tx.stop(g, reason, self.last[g], self.keys.members("StopTxnSampledData"),
+        tx = self.tx.stop(g, reason, self.view.last[g], self.keys.members("StopTxnSampledData"),
                           self.tags.get(g), session_wh)
         if tx is None:
             return
-        self._pulse()  # a Reset may be waiting for the station to end its transactions
+        self.progress.pulse()  # a Reset may be waiting for the station to end its transactions
         self.profiles.tx_ended(g + 1)
-        self.apply_limits()
-        self.apply_availability(g)  # a Scheduled Inoperative takes effect now
-        self.notify()
+        self.view.apply_limits()
+        self.availability.apply(g)  # a Scheduled Inoperative takes effect now
+        self.outbox.notify()
 
     def end_orphan(self, g: int, rec: GunRecord | None) -> None:
         self.tx.stop(g, "PowerLoss", rec, self.keys.members("StopTxnSampledData"),
                      self.tx.open[g].id_tag)
         self.profiles.tx_ended(g + 1)
-        self.apply_limits()
+        self.view.apply_limits()
+
+    def after_cycle(self) -> None:
+        """1.6 reports nothing more per cycle (no grid-limit notification)."""
 
     def sample_interval(self) -> float:
         return self.keys.num("MeterValueSampleInterval")
@@ -132,15 +117,15 @@ class StationSide16(StationEvents):
         measurands = self.keys.members("MeterValuesAlignedData")
         for g in range(self.guns):
             if g in self.tx.open:  # transaction data: queued, never lost
-                self.tx.sample(g, self.last[g], measurands, "Sample.Clock",
+                self.tx.sample(g, self.view.last[g], measurands, "Sample.Clock",
                                self.keys.members("StopTxnAlignedData"))
-            elif self.online and self.cp is not None and self.last[g] is not None:
-                mv = meter16(self.last[g], measurands, "Sample.Clock", iso(self.wall()))
+            elif self.link.online and self.link.cp is not None and self.view.last[g] is not None:
+                mv = meter16(self.view.last[g], measurands, "Sample.Clock", iso(self.wall()))
                 if mv:
-                    self.spawn(self._send_meter(g, mv), connection=True)
+                    self.tasks.spawn(self._send_meter(g, mv), connection=True)
 
     async def _send_meter(self, g: int, mv: list[dict[str, Any]]) -> None:
-        cp = self.cp
+        cp = self.link.cp
         if cp is not None:
             try:
                 await cp.call(call.MeterValues(connector_id=g + 1, meter_value=mv),
@@ -153,16 +138,11 @@ class StationSide16(StationEvents):
         """The station's authorizer: a remote start within ConnectionTimeOut, then the
         cache / Authorize / offline rules (LocalPreAuthorize, LocalAuthorizeOffline,
         AllowOfflineTxForUnknownId)."""
-        waiting = self.remote.take_waiting(g, self.wall().timestamp())
-        if waiting is not None:
-            if self.keys.flag("AuthorizeRemoteTxRequests") and not await self.check_tag(
-                    waiting.token):
-                self.log.warning("remote start refused: idTag not authorized", gun=g)
-                return False
-            self.tags[g] = waiting.token
-            if waiting.profile is not None:
-                self.remote.profiles[g] = waiting.profile
-            return True
+        check = self.check_tag if self.keys.flag("AuthorizeRemoteTxRequests") else None
+        claimed = await claim_remote_start(self.remote, g, self.wall().timestamp(), check,
+                                           lambda w: self._take_remote(g, w), self.log)
+        if claimed is not None:
+            return claimed
         if self.remote.won(g):
             return True
         if not token:
@@ -174,9 +154,16 @@ class StationSide16(StationEvents):
             self.tags[g] = token[:20]
         return ok
 
+    def _take_remote(self, g: int, waiting: Waiting[str]) -> None:
+        """A waiting remote start taken up by the truck plugged into gun ``g``: its idTag
+        becomes the session's, its profile is held for the transaction."""
+        self.tags[g] = waiting.token
+        if waiting.profile is not None:
+            self.remote.profiles[g] = waiting.profile
+
     async def check_tag(self, token: str) -> bool:
         """Cache / Authorize / offline rules for one idTag."""
-        await self.wait_connected()
+        await self.link.wait_connected()
         return await decide_authorization(
             self.auth_cache.get(token), self.keys.flag("LocalPreAuthorize"), self._asker(token),
             self.keys.flag("LocalAuthorizeOffline"),
@@ -184,27 +171,14 @@ class StationSide16(StationEvents):
 
     def _asker(self, token: str) -> Callable[[], Awaitable[str]] | None:
         """Authorize at the backend (None while offline); the answer goes to the cache."""
-        cp = self.cp
-        if cp is None or not self.online:
+        cp = self.link.cp
+        if cp is None or not self.link.online:
             return None
 
         async def ask() -> str:
             r = await cp.call(call.Authorize(id_tag=token[:20]), suppress=False)
-            return self.remember(token, r.id_tag_info)
+            return self.adapter.remember(token, r.id_tag_info)
         return ask
-
-    def remember(self, token: str, info: dict[str, Any] | None) -> str:
-        """Cache an idTagInfo (until its expiryDate at the latest); returns the status."""
-        status = str((info or {}).get("status", "Invalid"))
-        until = None
-        exp = (info or {}).get("expiry_date")
-        if exp:
-            try:
-                until = datetime.fromisoformat(str(exp).replace("Z", "+00:00"))
-            except ValueError:
-                self.log.warning("unreadable expiryDate from the backend", value=exp)
-        self.auth_cache.put(token, status, until)
-        return status
 
     # ------------------------------------------------------------------ backend requests
     def remote_start(self, id_tag: str, connector: int | None,
@@ -214,16 +188,15 @@ class StationSide16(StationEvents):
             return "Rejected"
         if connector is not None and not 1 <= connector <= self.guns:
             return "Rejected"
-        guns = [connector - 1] if connector is not None else sorted(
-            range(self.guns), key=lambda x: self.attached.sessions[x].state is not
-            GunState.PREPARING)
+        guns = candidates(self.view.attached, self.guns,
+                          None if connector is None else connector - 1)
         for g in guns:
-            state = self.attached.sessions[g].state
+            state = self.view.attached.sessions[g].state
             if g in self.tx.open:
                 continue
             if state is GunState.PREPARING:
                 if self.keys.flag("AuthorizeRemoteTxRequests"):
-                    self.spawn(self._authorize_remote(g, id_tag, profile))
+                    self.tasks.spawn(self._authorize_remote(g, id_tag, profile))
                 else:
                     self._remote_accepted(g, id_tag, profile)
                 return "Accepted"
@@ -236,7 +209,7 @@ class StationSide16(StationEvents):
     def _remote_accepted(self, g: int, id_tag: str, profile: dict[str, Any] | None) -> None:
         self.tags[g] = id_tag
         self.remote.accept(g, id_tag, profile)
-        self.attached.set_authorization(g, True)
+        self.view.attached.set_authorization(g, True)
 
     async def _authorize_remote(self, g: int, id_tag: str, profile: dict[str, Any] | None
                                 ) -> None:
@@ -247,7 +220,7 @@ class StationSide16(StationEvents):
             self.log.warning("remote start refused: idTag not authorized", gun=g)
 
     async def triggered(self, what: str, connector: int | None) -> None:
-        cp = self.cp
+        cp = self.link.cp
         if cp is None:
             return
         guns = [connector - 1] if connector else list(range(self.guns))
@@ -255,18 +228,18 @@ class StationSide16(StationEvents):
             await cp.call(call.Heartbeat(), suppress=False)
         elif what == "StatusNotification":  # -1: connector 0, the station
             for g in [-1] if connector == 0 else guns if connector else [-1, *guns]:
-                await self._status(cp, g)
+                await self.adapter.status(cp, g)
         elif what == "BootNotification":
-            await self.boot_once(cp)
+            await self.link.boot_once(cp)
         elif what == "MeterValues":
             measurands = self.keys.members("MeterValuesSampledData")
             for g in guns:
                 if g in self.tx.open:
-                    self.tx.sample(g, self.last[g], measurands, "Trigger",
+                    self.tx.sample(g, self.view.last[g], measurands, "Trigger",
                                    self.keys.members("StopTxnSampledData"))
-                    self.notify()
-                elif self.last[g] is not None:
-                    mv = meter16(self.last[g], measurands, "Trigger", iso(self.wall()))
+                    self.outbox.notify()
+                elif self.view.last[g] is not None:
+                    mv = meter16(self.view.last[g], measurands, "Trigger", iso(self.wall()))
                     if mv:
                         await self._send_meter(g, mv)
         elif what == "DiagnosticsStatusNotification":
@@ -280,7 +253,7 @@ class StationSide16(StationEvents):
         hand the restart to ``on_reset`` (station and services restart); without an owner
         only the OCPP connection restarts (close frame, reconnect at once)."""
         # a soft reset lets the station end them (with their readings)
-        await self.reset_transactions("HardReset" if hard else "SoftReset", not hard,
-                                      self.stop_tx)
-        self.security_event("ResetOrReboot", f"Reset {'Hard' if hard else 'Soft'}")
-        await self.restart_after_reset()
+        await self.resets.end_transactions("HardReset" if hard else "SoftReset", not hard,
+                                           self.stop_tx)
+        self.outbox.security_event("ResetOrReboot", f"Reset {'Hard' if hard else 'Soft'}")
+        await self.resets.restart()

@@ -5,7 +5,7 @@ service's state (never awaiting a CALL of its own: follow-up messages go in ``@a
 handlers or the queue). The ``@after`` handlers are plain functions that start the follow-up
 as a task owned by the service (``svc.spawn``), tied to the connection: the library would
 otherwise run it as an unowned task whose exception nobody retrieves. Malformed frames are
-answered with a CallError naming the problem (:class:`~controller.ocpp.common.FrameGuard`),
+answered with a CallError naming the problem (:class:`~controller.ocpp.frame_guard.FrameGuard`),
 unsupported actions with NotImplemented / NotSupported by the library; no input crashes the
 receive loop.
 """
@@ -16,12 +16,13 @@ from typing import Any, Protocol
 
 from ocpp.v201 import ChargePoint as _ChargePoint
 from ocpp.v201 import call_result
+from websockets.asyncio.client import ClientConnection
 
-from controller.ocpp.common import FrameGuard
-from controller.ocpp.device_model import DeviceModel
+from controller.ocpp.frame_guard import FrameGuard
 from controller.ocpp.host import HostBase
 from controller.ocpp.queue import MessageQueue
-from controller.ocpp.transactions import Transactions
+from controller.ocpp.v201.device_model import DeviceModel
+from controller.ocpp.v201.transactions import Transactions
 from controller.ocpp.wire import after, iso, on
 
 
@@ -32,8 +33,10 @@ class Host201(HostBase, Protocol):
     dm: DeviceModel
     tx: Transactions
     queue: MessageQueue
-    boot_status: str | None
     reset_pending: bool
+
+    @property
+    def boot_status(self) -> str | None: ...
 
     def find_profiles(self, crit: dict[str, Any], evse: int | None
                       ) -> list[tuple[int, dict[str, Any]]]: ...
@@ -56,14 +59,21 @@ def _info(reason: str, text: str = "") -> dict[str, str]:
         "reasonCode": reason}
 
 
-class OcppClient(FrameGuard, _ChargePoint):  # type: ignore[misc]
+class OcppClient(_ChargePoint):  # type: ignore[misc]
     """One websocket session's ChargePoint; ``svc`` holds all state that outlives it."""
 
     svc: Host201
 
-    def __init__(self, station_id: str, ws: Any, svc: Host201, timeout: float) -> None:
+    def __init__(self, station_id: str, ws: ClientConnection, svc: Host201, timeout: float) -> None:
         super().__init__(station_id, ws, response_timeout=timeout)
         self.svc = svc
+        self.guard = FrameGuard(svc.log, self._send, "FormatViolation")
+
+    async def route_message(self, raw_msg: str) -> None:
+        await self.guard.route(raw_msg, super().route_message)
+
+    async def _handle_call(self, msg: Any) -> None:
+        await self.guard.handle_call(msg, super()._handle_call)
 
     # ------------------------------------------------------------------ device model (B05–B07)
     @on("GetVariables")

@@ -24,8 +24,8 @@ from datetime import datetime
 from typing import Any
 
 from controller.ocpp import storage
+from controller.ocpp.meter import meter_value
 from controller.ocpp.queue import MessageQueue, Queued
-from controller.ocpp.transactions import meter_value
 from controller.ocpp.wire import iso
 from controller.records import GunRecord
 

@@ -2,24 +2,24 @@
 
 The ``ocpp`` package (v16) validates and routes; every handler answers at once from the
 service's state, follow-up CALLs go in ``@after`` handlers (never awaited inside ``@on``).
-Malformed frames get a CallError (:class:`~controller.ocpp.common.FrameGuard`, in the 1.6
-spelling FormationViolation), unsupported actions NotImplemented from the library.
+Malformed frames get a CallError (:class:`~controller.ocpp.frame_guard.FrameGuard`, built with
+the 1.6 spelling FormationViolation), unsupported actions NotImplemented from the library.
 """
 
 from __future__ import annotations
 
-import json
 from typing import Any, Protocol
 
 from ocpp.v16 import ChargePoint as _ChargePoint
 from ocpp.v16 import call_result
+from websockets.asyncio.client import ClientConnection
 
-from controller.ocpp.common import FrameGuard
+from controller.ocpp.frame_guard import FrameGuard
 from controller.ocpp.host import HostBase
+from controller.ocpp.v16 import smart16
+from controller.ocpp.v16.config_keys import ConfigKeys
+from controller.ocpp.v16.transactions import Transactions16
 from controller.ocpp.wire import after, iso, on
-from controller.ocpp16 import smart16
-from controller.ocpp16.config_keys import ConfigKeys
-from controller.ocpp16.transactions import Transactions16
 
 
 class Host16(HostBase, Protocol):
@@ -42,24 +42,21 @@ TRIGGERS = ("BootNotification", "DiagnosticsStatusNotification", "FirmwareStatus
             "Heartbeat", "MeterValues", "StatusNotification")
 
 
-class Ocpp16Client(FrameGuard, _ChargePoint):  # type: ignore[misc]
+class Ocpp16Client(_ChargePoint):  # type: ignore[misc]
     """One websocket session's ChargePoint; ``svc`` holds all state that outlives it."""
 
     svc: Host16
 
-    def __init__(self, station_id: str, ws: Any, svc: Host16, timeout: float) -> None:
+    def __init__(self, station_id: str, ws: ClientConnection, svc: Host16, timeout: float) -> None:
         super().__init__(station_id, ws, response_timeout=timeout)
         self.svc = svc
+        self.guard = FrameGuard(svc.log, self._send, "FormationViolation")
 
-    async def _send(self, message: str) -> None:
-        """OCPP-J 1.6 spells the CallError FormationViolation (the library and the shared
-        guard use the 2.0.1 FormatViolation)."""
-        if message.startswith("[4,") and '"FormatViolation"' in message:
-            msg = json.loads(message)
-            if msg[2] == "FormatViolation":
-                msg[2] = "FormationViolation"
-                message = json.dumps(msg, separators=(",", ":"))
-        await super()._send(message)
+    async def route_message(self, raw_msg: str) -> None:
+        await self.guard.route(raw_msg, super().route_message)
+
+    async def _handle_call(self, msg: Any) -> None:
+        await self.guard.handle_call(msg, super()._handle_call)
 
     # ------------------------------------------------------------------ configuration
     @on("GetConfiguration")
