@@ -8,7 +8,6 @@ and ``/healthz`` are open: they hold no data.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hmac
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
@@ -19,6 +18,7 @@ from pydantic import BaseModel, Field, field_validator
 
 from ocpp_server import commands
 from ocpp_server.api_limits import strict_json_body
+from ocpp_server.cluster import RemoteSession, retrigger_boot
 from ocpp_server.limits import is_timestamp
 from ocpp_server.passwords import MAX_LENGTH, MIN_LENGTH, hash_password, rotated
 from ocpp_server.repository import AlreadyExists, StationRecord, TokenRecord, TxFilter
@@ -147,10 +147,14 @@ def create_app(server: CsmsServer) -> FastAPI:
         await _station_or_404(station_id)
         await repo.set_station_approved(station_id, True)
         session = server.session(station_id)
-        if session is not None and not session.approved:
+        if isinstance(session, RemoteSession):  # held by another instance: it re-triggers
+            try:
+                await session.approved_here()
+            except Exception as exc:  # approved all the same; it boots at its next retry
+                log.warning("approval_not_routed", station_id=station_id, error=str(exc))
+        elif session is not None and not session.approved:
             # Ask a Pending station to boot again now rather than at its next retry.
-            task = asyncio.create_task(
-                _quietly(commands.trigger_message(session, "BootNotification")))
+            task = asyncio.create_task(retrigger_boot(session))
             _background.add(task)
             task.add_done_callback(_background.discard)
         return {"id": station_id, "approved": True}
@@ -249,8 +253,3 @@ def create_app(server: CsmsServer) -> FastAPI:
     api.include_router(command_router(server))
     app.include_router(api)
     return app
-
-
-async def _quietly(coro: Any) -> None:
-    with contextlib.suppress(Exception):
-        await coro

@@ -18,8 +18,10 @@ import base64
 import binascii
 import hashlib
 import hmac
+import math
 import os
 import re
+import time
 from dataclasses import dataclass
 from http import HTTPStatus
 from typing import Any
@@ -38,6 +40,7 @@ log = structlog.get_logger("ocpp_server.auth")
 SUBPROTOCOLS = ("ocpp2.0.1", "ocpp1.6")
 _PATH = re.compile(r"/ocpp/([^/?#]+)/?")
 _STATION_ID = re.compile(r"[A-Za-z0-9._~+*@\-]{1,48}")
+MAX_RETRY_AFTER = 120  # seconds: the longest a refused station is asked to wait
 
 
 @dataclass(frozen=True)
@@ -90,6 +93,20 @@ class Authenticator:
         self._admit = (TokenBucket(ocfg.admit_rate_per_s, ocfg.admit_burst)
                        if ocfg.admit_rate_per_s > 0 else None)
         self.deferred = 0  # handshakes answered 503 by the admission rate
+        self._next_slot = 0.0  # monotonic time of the last admission slot handed out
+
+    def _retry_after(self) -> int:
+        """Seconds until the next admission slot not yet promised to a refused station.
+
+        Telling every refused station "1 s" brings the whole fleet back each second: a storm
+        of N stations costs N handshakes per second to refuse, whatever the rate. Handing out
+        slots ``1/rate`` apart spreads the retries over the time the admission needs (10,000
+        stations at 300/s: 1..34 s), so most stations are refused once. A station that ignores
+        the header only costs a refusal; the schedule never reaches past ``MAX_RETRY_AFTER``."""
+        now, rate = time.monotonic(), self.backend.cfg.ocpp.admit_rate_per_s
+        self._next_slot = min(max(self._next_slot, now + 1.0) + 1.0 / rate,
+                              now + MAX_RETRY_AFTER)
+        return min(MAX_RETRY_AFTER, max(1, math.ceil(self._next_slot - now)))
 
     def _deny(self, connection: ServerConnection, station_id: str, reason: str,
               body: str = "Unauthorized\n") -> Response:
@@ -141,7 +158,7 @@ class Authenticator:
             # already in; the rest come back after Retry-After (with their own back-off).
             self.deferred += 1
             response = connection.respond(HTTPStatus.SERVICE_UNAVAILABLE, "busy, retry\n")
-            response.headers["Retry-After"] = "1"
+            response.headers["Retry-After"] = str(self._retry_after())
             return response
         try:
             creds = _basic_credentials(request)

@@ -85,7 +85,10 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     if args.api_port is not None:
         cfg.api.port = args.api_port
     _check_tls_files(cfg, args.config or os.environ.get("MWC_CSMS_CONFIG") or "defaults")
-    asyncio.run(_serve(cfg, args.ready_file))
+    from ocpp_server.app import fair_event_loop  # bounded work per loop iteration (storms)
+
+    with asyncio.Runner(loop_factory=fair_event_loop) as runner:
+        runner.run(_serve(cfg, args.ready_file))
     return 0
 
 

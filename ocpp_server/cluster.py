@@ -63,7 +63,12 @@ class RemoteSession(Session):
         self.subprotocol = protocol
         self._ocpp_version = "1.6" if protocol == "ocpp1.6" else "2.0.1"
         self.repo = repo
-        self.approved = True  # the holder tracks it; a BootNotification re-trigger is its job
+        self.approved = True  # the holder tracks it: ``approved_here`` asks it to act
+
+    async def approved_here(self) -> None:
+        """The station was approved through this instance: the holder, if it still holds
+        it Pending, asks it to boot again now (TriggerMessage BootNotification)."""
+        await self.cluster.send_approved(self.instance, self.id)
 
     async def call_raw(self, action: str, payload: dict[str, Any],
                        timeout: float | None = None) -> dict[str, Any]:
@@ -139,9 +144,11 @@ class Cluster:
             except Exception as exc:  # the database went away: reconnect, then resync
                 log.warning("cluster_listener_lost", error=str(exc)[:200])
                 await asyncio.sleep(1.0)
-                with contextlib.suppress(Exception):
+                try:
                     await self._connect_listener()
                     await self._reload()
+                except Exception as again:  # still down: the next pass of the loop retries
+                    log.warning("cluster_listener_reconnect_failed", error=str(again)[:200])
 
     # presence -----------------------------------------------------------------------
     def station_connected(self, station_id: str, protocol: str) -> None:
@@ -261,10 +268,19 @@ class Cluster:
     def _dispatch(self, msg: dict[str, Any]) -> None:
         if msg.get("k") == "call":
             self._spawn(self._serve_call(msg))
+        elif msg.get("k") == "approved":
+            session = self.sessions.get(str(msg.get("st")))
+            if session is not None and not session.approved:
+                self._spawn(retrigger_boot(session))
         elif msg.get("k") == "res":
             fut = self._waiting.pop(str(msg.get("id")), None)
             if fut is not None and not fut.done():
                 fut.set_result(msg)
+
+    async def send_approved(self, instance: str, station_id: str) -> None:
+        """Tell ``instance`` that ``station_id`` was approved (no answer: as a local
+        approval, the boot it triggers is the station's business)."""
+        await self._send(channel_of(instance), {"k": "approved", "st": station_id})
 
     async def call(self, instance: str, station_id: str, action: str,
                    payload: dict[str, Any], timeout: float | None) -> dict[str, Any]:
@@ -319,8 +335,10 @@ class Cluster:
         except Exception as exc:
             log.exception("remote_call_failed", station_id=msg.get("st"))
             reply.update(err="internal", msg=type(exc).__name__)
-        with contextlib.suppress(Exception):
+        try:
             await self._send(str(msg["to"]), reply)
+        except Exception as exc:  # the caller times out and answers its client; log why
+            log.warning("remote_reply_not_sent", to=msg.get("to"), error=str(exc)[:200])
 
     def snapshot(self) -> dict[str, Any]:
         """For /healthz and the metrics: this instance and the stations per instance."""
@@ -330,3 +348,14 @@ class Cluster:
         return {"instance": self.instance, "stations_per_instance": per,
                 "pending": len(self._pending), "waiting": len(self._waiting),
                 "at": time.time()}
+
+
+async def retrigger_boot(session: Session) -> None:
+    """Ask a Pending station to boot again now rather than at its next retry; a refusal or
+    no answer only delays its approval until that retry, so it is logged, not raised."""
+    from ocpp_server import commands
+
+    try:
+        await commands.trigger_message(session, "BootNotification")
+    except Exception as exc:
+        log.info("boot_retrigger_failed", station_id=session.id, error=str(exc)[:200])

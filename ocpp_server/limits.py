@@ -3,7 +3,8 @@
 JSON Schema (``validation.py``) checks shape and types, but not what breaks us later: Python
 parses ``NaN``, ``Infinity`` and ``1e400`` as floats (not JSON, stored as NULL by SQLite),
 integers of any size (SQLite stores at most 2^63 - 1), arbitrarily deep nesting (a recursion
-error when the stored payload is read back) and lone surrogates (not encodable as UTF-8).
+error when the stored payload is read back), lone surrogates (not encodable as UTF-8) and
+U+0000 (PostgreSQL text cannot hold it).
 ``parse_json`` and ``check_tree`` close those holes, for incoming frames (``session.py``) and
 for what the REST API sends to a station (``Session.call_raw``).
 """
@@ -20,6 +21,9 @@ MAX_DEPTH = 32  # deepest real OCPP payload is ~8 levels; DataTransfer data gets
 INT_MIN, INT_MAX = -(2**31), 2**31 - 1  # OCPP 2.0.1 Part 2 §2.1: integer is 32 bit signed
 MULTIPLIER_RANGE = (-24, 24)  # UnitOfMeasure.multiplier: the SI prefixes, yocto .. yotta
 
+# OCPP strings are printable text; PostgreSQL cannot store U+0000 in text at all, so both
+# engines refuse it here rather than one storing it and the other failing (InternalError).
+_NUL = "string contains U+0000 (OCPP strings are printable text)"
 _MID = re.compile(r'\s*\[\s*[234]\s*,\s*"([^"\\]{1,36})"')
 
 
@@ -107,7 +111,7 @@ def _clean(value: Any) -> bool:
             if depth >= MAX_DEPTH:
                 return False
             for k, v in node.items():
-                if type(k) is not str or (k == "multiplier" and type(v) is int and
+                if type(k) is not str or "\x00" in k or (k == "multiplier" and type(v) is int and
                                           not MULTIPLIER_RANGE[0] <= v <= MULTIPLIER_RANGE[1]):
                     return False
                 push((v, depth + 1))
@@ -123,6 +127,8 @@ def _clean(value: Any) -> bool:
             if not math.isfinite(node):
                 return False
         elif t is str:
+            if "\x00" in node:
+                return False
             if not node.isascii():
                 try:
                     node.encode("utf-8")
@@ -137,8 +143,8 @@ def check_tree(value: Any, root: str = "") -> None:
     """Raise InvalidInput for the first value we cannot store or compute with.
 
     Iterative (no recursion, whatever the depth): nesting deeper than ``MAX_DEPTH``, an
-    integer outside 32 bits, a non-finite float, a string with lone surrogates, a non-string
-    key, a ``multiplier`` outside ``MULTIPLIER_RANGE``.
+    integer outside 32 bits, a non-finite float, a string with lone surrogates or U+0000, a
+    non-string key or one with U+0000, a ``multiplier`` outside ``MULTIPLIER_RANGE``.
     """
     if _clean(value):
         return
@@ -151,6 +157,8 @@ def check_tree(value: Any, root: str = "") -> None:
             for k, v in node.items():
                 if not isinstance(k, str):
                     raise InvalidInput(_path(path), "type", "object keys must be strings")
+                if "\x00" in k:
+                    raise InvalidInput(_path(path), "range", _NUL)
                 if k == "multiplier" and isinstance(v, int) and not isinstance(v, bool) and \
                         not MULTIPLIER_RANGE[0] <= v <= MULTIPLIER_RANGE[1]:
                     raise InvalidInput(_path([*path, k]), "range",
@@ -167,6 +175,8 @@ def check_tree(value: Any, root: str = "") -> None:
         elif isinstance(node, float):
             if not math.isfinite(node):
                 raise InvalidInput(_path(path), "range", f"{node} is not a finite number")
+        elif isinstance(node, str) and "\x00" in node:
+            raise InvalidInput(_path(path), "range", _NUL)
         elif isinstance(node, str) and not node.isascii():
             try:
                 node.encode("utf-8")

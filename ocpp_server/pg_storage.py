@@ -10,12 +10,17 @@ statements whose parameter types PostgreSQL cannot infer (``? IS NULL``): those 
 their first use and bound client-side from then on, as SQLite would take them.
 
 The worker thread, group commit and durability contract are ``SqliteRepository``'s: one
-``BEGIN … COMMIT`` per batch, a SAVEPOINT per job, futures resolved after the commit.
+``BEGIN … COMMIT`` per batch, a SAVEPOINT per job, futures resolved after the commit; here
+with several threads, each with its own connection. One exception to "the same queries":
+a TransactionEvent, the message that dominates the load, is one call of a PL/pgSQL function
+(``pg_functions.py``) rather than ~11 statements, each a round trip.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
+import math
 import re
 import sqlite3
 import threading
@@ -26,8 +31,11 @@ import psycopg
 import structlog
 from psycopg import pq
 
+from ocpp_server import sql_tx
 from ocpp_server.migrations import MIGRATIONS, SCHEMA_VERSION, SchemaTooNew, pg_ddl
+from ocpp_server.pg_functions import FUNCTIONS, TX_EVENT_SQL
 from ocpp_server.storage import SqliteRepository, _Job, _set_results
+from ocpp_server.timeutil import norm_ts, now_iso
 
 log = structlog.get_logger("ocpp_server.pg_storage")
 
@@ -54,24 +62,24 @@ def translate(sql: str) -> str:
 class PgCursor:
     """The sqlite3.Cursor surface the queries use, over a psycopg cursor."""
 
-    def __init__(self, cur: psycopg.Cursor[Any], returning_id: bool) -> None:
+    def __init__(self, cur: psycopg.Cursor[Any] | None, returning_id: bool) -> None:
+        """``cur`` None: a statement deferred to the next round trip (no rows, ever)."""
         self._cur = cur
-        self.rowcount = cur.rowcount
+        self.rowcount = -1 if cur is None else cur.rowcount
         self.lastrowid: int | None = None
-        self._pending: list[tuple[Any, ...]] | None = None
-        if returning_id and cur.description is not None:
+        if cur is not None and returning_id and cur.description is not None:
             rows = cur.fetchall()
             self.lastrowid = int(rows[0][0]) if rows else None
 
     @property
     def description(self) -> Sequence[Any] | None:
-        return self._cur.description
+        return None if self._cur is None else self._cur.description
 
     def fetchone(self) -> tuple[Any, ...] | None:
-        return self._cur.fetchone() if self._cur.description is not None else None
+        return self._cur.fetchone() if self.description is not None else None  # type: ignore[union-attr]
 
     def fetchall(self) -> list[tuple[Any, ...]]:
-        return self._cur.fetchall() if self._cur.description is not None else []
+        return self._cur.fetchall() if self.description is not None else []  # type: ignore[union-attr]
 
     def __iter__(self) -> Iterator[tuple[Any, ...]]:
         return iter(self.fetchall())
@@ -82,6 +90,7 @@ class PgConnection:
 
     def __init__(self, url: str) -> None:
         self._conn = psycopg.connect(url, autocommit=True)
+        self._deferred: list[str] = []  # see ``_DEFERRABLE``
         self._cache: dict[str, tuple[str, bool]] = {}
         # Per statement: bound by the server (True: planned once, prepared after a few uses)
         # or client-side (False: a parameter whose type only its value tells, ``? IS NULL``).
@@ -98,6 +107,9 @@ class PgConnection:
         return self._conn.closed or self._conn.broken
 
     def execute(self, sql: str, params: Sequence[Any] = ()) -> PgCursor:
+        if sql in _DEFERRABLE:
+            self._deferred.append(sql)
+            return PgCursor(None, False)
         hit = self._cache.get(sql)
         if hit is None:
             query = translate(sql)
@@ -106,9 +118,28 @@ class PgConnection:
                 self._cache[sql] = hit
         query, returning = hit
         try:
+            if self._deferred:
+                if not params or self._server.get(sql):  # one round trip for all
+                    return PgCursor(self._pipelined(query, tuple(params)), returning)
+                self._flush()
             return PgCursor(self._run(sql, query, tuple(params)), returning)
         except psycopg.IntegrityError as exc:  # storage.py's callers catch the sqlite3 one
             raise sqlite3.IntegrityError(str(exc).splitlines()[0]) from exc
+
+    def _pipelined(self, query: str, params: tuple[Any, ...]) -> psycopg.Cursor[Any]:
+        """The deferred statements and this one in one pipeline: one round trip."""
+        deferred, self._deferred = self._deferred, []
+        with self._conn.pipeline():
+            for statement in deferred:
+                self._conn.execute(statement)
+            cur = self._conn.execute(query, params)
+        return cur
+
+    def _flush(self) -> None:
+        deferred, self._deferred = self._deferred, []
+        with self._conn.pipeline():
+            for statement in deferred:
+                self._conn.execute(statement)
 
     def _run(self, sql: str, query: str, params: tuple[Any, ...]) -> psycopg.Cursor[Any]:
         mode = self._server.get(sql)
@@ -140,6 +171,12 @@ class PgConnection:
         self._conn.close()
 
 
+# The group commit's per-job SAVEPOINT and RELEASE (storage.py): they cannot fail on a live
+# connection and return nothing, so they wait and travel with the next statement in one
+# pipeline. A job (a TransactionEvent: one function call) then costs one round trip, not
+# three; an error in that statement still surfaces in its own job, after its SAVEPOINT.
+_DEFERRABLE = frozenset({"SAVEPOINT job", "RELEASE job"})
+
 _UNTYPED = (psycopg.errors.IndeterminateDatatype, psycopg.errors.UndefinedFunction,
             psycopg.errors.DatatypeMismatch, psycopg.errors.AmbiguousFunction)
 
@@ -165,6 +202,8 @@ def migrate_pg(conn: PgConnection) -> int:
             for statement in pg_ddl(MIGRATIONS[version]):
                 conn.execute(statement)
             conn.execute("UPDATE schema_version SET version=?", (version + 1,))
+        for statement in FUNCTIONS:  # versioned names: an older instance keeps its own
+            conn.execute(statement)
         conn.execute("COMMIT")
     except BaseException:
         if not conn.broken and conn.in_transaction:
@@ -212,6 +251,7 @@ class PostgresRepository(SqliteRepository):
 
     def _run_batch(self, conn: sqlite3.Connection, batch: list[_Job]) -> None:
         pg: PgConnection = conn  # type: ignore[assignment]
+        pg._deferred.clear()  # nothing of an earlier batch is left to send
         if pg.broken:  # the server restarted or the link dropped: the batch fails, next works
             try:
                 pg._conn = psycopg.connect(self._url, autocommit=True)
@@ -226,6 +266,18 @@ class PostgresRepository(SqliteRepository):
                 failed.setdefault(loop, []).append((fut, False, exc))
             for loop, done in failed.items():
                 loop.call_soon_threadsafe(_set_results, done)
+
+    async def record_transaction_event(self, station_id: str, payload: dict[str, Any]) -> bool:
+        """One statement per event (``pg_functions.py``) instead of ~11 round trips."""
+        def fn(c: sqlite3.Connection) -> list[str] | None:
+            row = c.execute(TX_EVENT_SQL, _tx_event_params(
+                station_id, payload, self._default_w, self._margin)).fetchone()
+            return None if row is None or row[0] is None else list(row[0])
+        flags = await self._run(fn)
+        if flags is None:
+            return False
+        self._count(flags)
+        return True
 
     async def adopt_remote_start_token(self, station_id: str, transaction_id: str,
                                        remote_start_id: int) -> str | None:
@@ -242,3 +294,33 @@ class PostgresRepository(SqliteRepository):
                       (row[0], station_id, transaction_id))
             return str(row[0])
         return await self._run(fn)
+
+
+def _tx_event_params(station_id: str, p: dict[str, Any], default_w: float,
+                     margin: float) -> tuple[Any, ...]:
+    """``sql_tx.transaction_event``'s inputs, normalised in Python the same way, as the
+    parameters of ``TX_EVENT_SQL``."""
+    info = p["transactionInfo"]
+    evse = p.get("evse") or {}
+    ts = norm_ts(p["timestamp"]) or now_iso()
+    samples = []
+    for mv in p.get("meterValue") or []:
+        mts = norm_ts(mv.get("timestamp")) or now_iso()
+        for sample in mv.get("sampledValue", []):
+            m, phase, loc, ctx, unit, value = sql_tx._sample_row(sample)
+            samples.append([mts, m, phase, loc, ctx, unit, _json_float(value),
+                            json.dumps(sample, separators=(",", ":"))])
+    return (station_id, info["transactionId"], p["seqNo"], p["eventType"],
+            p.get("triggerReason"), ts, json.dumps(p, separators=(",", ":")), now_iso(),
+            evse.get("id"), evse.get("connectorId"),
+            (p.get("idToken") or {}).get("idToken"), info.get("stoppedReason"),
+            info.get("chargingState"), default_w, margin,
+            json.dumps(samples, separators=(",", ":")))
+
+
+def _json_float(value: float | None) -> float | str | None:
+    """A value JSON can carry: ±inf as PostgreSQL's spelling, NaN as NULL (what SQLite
+    stores for a NaN)."""
+    if value is None or math.isnan(value):
+        return None
+    return value if math.isfinite(value) else ("Infinity" if value > 0 else "-Infinity")

@@ -201,8 +201,13 @@ class Session:
         self.evse_status: dict[str, str] = {}
         self.current: Call | None = None  # the CALL being handled (raw camelCase payload)
         self._bucket = TokenBucket(self.cfg.rate_per_s, self.cfg.rate_burst)
-        self.log = log.bind(station_id=station_id, protocol=self.subprotocol)
         self._warnings = 0
+
+    @functools.cached_property
+    def log(self) -> Any:
+        """The session's logger, bound on first use: most sessions never log above INFO, and
+        binding costs as much as the rest of a connection's setup (a reconnect storm)."""
+        return log.bind(station_id=self.id, protocol=self.subprotocol)
 
     def _warn(self, event: str, **kw: Any) -> None:
         """Log a station's misbehaviour without letting a flood of it flood the log."""

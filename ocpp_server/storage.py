@@ -32,6 +32,7 @@ log = structlog.get_logger("ocpp_server.storage")
 T = TypeVar("T")
 _Job = tuple[Callable[[sqlite3.Connection], Any], asyncio.Future[Any], asyncio.AbstractEventLoop]
 _MAX_BATCH = 512
+_MAX_CACHED = 100_000  # station ratings kept in memory (a few MB)
 
 
 def _set_results(done: list[tuple[asyncio.Future[Any], bool, Any]]) -> None:
@@ -77,6 +78,11 @@ class SqliteRepository:
         self._closed = threading.Event()
         self._ckpt: threading.Thread | None = None
         self._error: BaseException | None = None
+        # Station ratings by id, read on every TransactionEvent; only the storage thread
+        # touches it. Enabled by the SQLite connection (``_connect``), whose ``data_version``
+        # tells when another connection (the CLI) committed: then it is dropped whole.
+        self._ratings: dict[str, float | None] | None = None
+        self._data_version = -1
 
     # engine -------------------------------------------------------------------------
     async def open(self) -> None:
@@ -106,6 +112,7 @@ class SqliteRepository:
         conn.execute("PRAGMA busy_timeout=10000")  # the CLI may write while we serve
         conn.execute("PRAGMA foreign_keys=ON")
         migrate(conn)
+        self._ratings = {}
         if self._path != ":memory:":
             # Checkpoints copy the WAL into the database and fsync it: tens of ms that would
             # delay every answer waiting on the commit that triggers one. A separate thread
@@ -159,6 +166,7 @@ class SqliteRepository:
         results: list[tuple[_Job, bool, Any]] = []
         try:
             conn.execute("BEGIN IMMEDIATE")
+            self._check_caches(conn)
             for job in batch:
                 conn.execute("SAVEPOINT job")
                 try:
@@ -179,6 +187,15 @@ class SqliteRepository:
             by_loop.setdefault(loop, []).append((fut, ok, value))
         for loop, done in by_loop.items():  # one wake-up per loop and batch, not per job
             loop.call_soon_threadsafe(_set_results, done)
+
+    def _check_caches(self, conn: sqlite3.Connection) -> None:
+        """Drop the rating cache when another connection committed since the last batch."""
+        if self._ratings is None:
+            return
+        version = int(conn.execute("PRAGMA data_version").fetchone()[0])
+        if version != self._data_version:
+            self._ratings.clear()
+            self._data_version = version
 
     async def _run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         if self._thread is None:
@@ -201,6 +218,7 @@ class SqliteRepository:
 
     async def add_station(self, station: StationRecord) -> None:
         def fn(c: sqlite3.Connection) -> None:
+            self._forget_rating(station.id)
             try:
                 c.execute("INSERT INTO stations (id, password_hash, security_profile, approved,"
                           " created_at, rated_power_w) VALUES (?,?,?,?,?,?)",
@@ -229,9 +247,11 @@ class SqliteRepository:
         ).rowcount == 1)
 
     async def set_station_rating(self, station_id: str, rated_power_w: float | None) -> bool:
-        return await self._run(lambda c: c.execute(
-            "UPDATE stations SET rated_power_w=? WHERE id=?", (rated_power_w, station_id)
-        ).rowcount == 1)
+        def fn(c: sqlite3.Connection) -> bool:
+            self._forget_rating(station_id)
+            return c.execute("UPDATE stations SET rated_power_w=? WHERE id=?",
+                             (rated_power_w, station_id)).rowcount == 1
+        return await self._run(fn)
 
     async def set_station_approved(self, station_id: str, approved: bool) -> bool:
         return await self._run(lambda c: c.execute(
@@ -305,7 +325,23 @@ class SqliteRepository:
 
     # transactions -------------------------------------------------------------------
     def _limits(self, c: sqlite3.Connection, station_id: str) -> Limits:
-        return station_limits(c, station_id, self._default_w, self._margin)
+        """The station's plausibility limits; the rating is cached (one query less per
+        TransactionEvent) and forgotten whenever it may have changed."""
+        cache = self._ratings
+        if cache is None:
+            return station_limits(c, station_id, self._default_w, self._margin)
+        if station_id not in cache:
+            if len(cache) >= _MAX_CACHED:
+                cache.clear()
+            row = c.execute("SELECT rated_power_w FROM stations WHERE id=?",
+                            (station_id,)).fetchone()
+            cache[station_id] = None if row is None or row[0] is None else float(row[0])
+        rating = cache[station_id]
+        return Limits(self._default_w if rating is None else rating, self._margin)
+
+    def _forget_rating(self, station_id: str) -> None:
+        if self._ratings is not None:
+            self._ratings.pop(station_id, None)
 
     def _count(self, flags: list[str]) -> None:
         """Report flags once their job committed (the future resolved without error)."""

@@ -11,6 +11,7 @@ import itertools
 import json
 import os
 import random
+import resource
 import shutil
 import signal
 import subprocess
@@ -63,9 +64,9 @@ presence_ttl = 6.0
 
 
 def start_instance(tmp: Path, url: str, name: str, **ocpp: Any) -> Instance:
-    ocpp_port, api_port = free_port(), free_port()
+    """An instance on ports the kernel chose (port 0), read back from its ready file."""
     cfg = tmp / f"{name}.toml"
-    write_config(cfg, url, name, ocpp_port, api_port, **ocpp)
+    write_config(cfg, url, name, 0, 0, **ocpp)
     ready = tmp / f"{name}.ready"
     log = tmp / f"{name}.log"
     env = {**os.environ, "MWC_CSMS_LOG_LEVEL": "warning"}
@@ -78,7 +79,8 @@ def start_instance(tmp: Path, url: str, name: str, **ocpp: Any) -> Instance:
             proc.kill()
             raise RuntimeError(f"instance {name} did not start: {log.read_text()[-2000:]}")
         time.sleep(0.05)
-    return Instance(name, ocpp_port, api_port, proc, log)
+    ports = json.loads(ready.read_text())
+    return Instance(name, ports["ocpp_port"], ports["api_port"], proc, log)
 
 
 def stop_instance(inst: Instance) -> None:
@@ -100,36 +102,62 @@ class Proxy:
 
 @contextlib.contextmanager
 def haproxy(tmp: Path, a: Instance, b: Instance) -> Iterator[Proxy]:
+    """HAProxy cannot bind port 0 and report it: free ports are picked, and start-up is
+    retried with others when one was taken in between (``free_port`` races)."""
     exe = shutil.which("haproxy") or "/usr/sbin/haproxy"
     if not Path(exe).exists():
         raise RuntimeError("haproxy not installed: run `make system-deps`")
+    proc: subprocess.Popen[bytes] | None = None
+    for _ in range(5):
+        proc, (ocpp_port, api_port) = _start_haproxy(exe, tmp, a, b)
+        if proc is not None:
+            break
+    if proc is None:
+        raise RuntimeError(f"haproxy did not start: {(tmp / 'haproxy.log').read_text()}")
+    try:
+        yield Proxy(ocpp_port, api_port, proc)
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def _haproxy_maxconn() -> int:
+    """As many connections as this process's file limit lets HAProxy hold (two descriptors
+    each, ~25 of its own; it cannot raise the hard limit in a container): 9,987 at 20,000."""
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    return 12_000 if hard == resource.RLIM_INFINITY else min(12_000, (hard - 26) // 2)
+
+
+def _start_haproxy(exe: str, tmp: Path, a: Instance,
+                   b: Instance) -> tuple[subprocess.Popen[bytes] | None, tuple[int, int]]:
+    """(the running proxy, its OCPP and API ports), or (None, …) when a port was taken."""
     ocpp_port, api_port, stats = free_port(), free_port(), free_port()
     env = {**os.environ, "CSMS_OCPP_BIND": f"127.0.0.1:{ocpp_port}",
            "CSMS_API_BIND": f"127.0.0.1:{api_port}", "CSMS_STATS_BIND": f"127.0.0.1:{stats}",
            "CSMS_A_OCPP": f"127.0.0.1:{a.ocpp_port}", "CSMS_A_API": f"127.0.0.1:{a.api_port}",
            "CSMS_A_API_PORT": str(a.api_port), "CSMS_B_OCPP": f"127.0.0.1:{b.ocpp_port}",
            "CSMS_B_API": f"127.0.0.1:{b.api_port}", "CSMS_B_API_PORT": str(b.api_port),
-           "CSMS_MAXCONN": "4000"}
-    log = (tmp / "haproxy.log").open("wb")
-    proc = subprocess.Popen([exe, "-db", "-f", str(ROOT / "deploy/haproxy/csms.cfg")],
-                            env=env, stdout=log, stderr=subprocess.STDOUT)
-    try:
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                if httpx.get(f"http://127.0.0.1:{api_port}/healthz", timeout=2).status_code \
-                        == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"haproxy did not start: {(tmp / 'haproxy.log').read_text()}")
-            time.sleep(0.1)
-        yield Proxy(ocpp_port, api_port, proc)
-    finally:
-        proc.terminate()
-        proc.wait(10)
-        log.close()
+           "CSMS_MAXCONN": str(_haproxy_maxconn())}
+    path = tmp / "haproxy.log"
+    with path.open("wb") as log:
+        proc = subprocess.Popen([exe, "-db", "-f", str(ROOT / "deploy/haproxy/csms.cfg")],
+                                env=env, stdout=log, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 20
+    while True:
+        try:
+            if httpx.get(f"http://127.0.0.1:{api_port}/healthz", timeout=2).status_code == 200 \
+                    and proc.poll() is None:  # not someone else who holds that port
+                return proc, (ocpp_port, api_port)
+        except httpx.HTTPError:
+            pass
+        if proc.poll() is not None or time.monotonic() > deadline:
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait(10)
+            if "Address already in use" in path.read_text(errors="replace"):
+                return None, (0, 0)
+            raise RuntimeError(f"haproxy did not start: {path.read_text()}")
+        time.sleep(0.1)
 
 
 _ids = itertools.count(1)
@@ -153,6 +181,7 @@ class RawStation:
     meter_wh: float = 1000.0
     seq: int = 0
     answer_calls: bool = True
+    cap: int | None = None  # set: no new events beyond this many (a load run winding down)
 
     def add_event(self, kind: str) -> None:
         now = time.time()
@@ -218,7 +247,7 @@ class RawStation:
                         raise AssertionError(f"{self.id}: {res}")
                     self.queue.pop(0)
                     self.confirmed += 1
-                if self.confirmed >= events:
+                if self.confirmed >= (events if self.cap is None else min(events, self.cap)):
                     if stop.is_set():
                         return
                     await asyncio.sleep(0.05)

@@ -1,5 +1,8 @@
 """A private PostgreSQL cluster for the tests: initdb into a temporary folder, a free port.
 
+PostgreSQL cannot bind port 0 and report it, so a free port is picked and start-up is
+retried with another one when something took it in between (``free_port`` races).
+
 Never the machine's own server. Debian's binaries live under /usr/lib/postgresql/<v>/bin
 (``make system-deps`` installs them); PostgreSQL refuses to run as root, so under root the
 server runs as the ``postgres`` user. Each test gets a fresh database of the one cluster.
@@ -55,14 +58,26 @@ class PgCluster:
     def _run(self, *args: str) -> None:
         subprocess.run([*self._as, *args], check=True, capture_output=True, timeout=120)
 
-    def start(self) -> PgCluster:
+    def start(self, *settings: str, attempts: int = 5) -> PgCluster:
+        """``settings``: extra ``name=value`` server settings (``-c``)."""
         self._run(str(self.bindir / "initdb"), "-D", str(self.data), "-U", "postgres",
                   "--auth=trust", "--no-locale", "-E", "UTF8", "--no-sync")
-        opts = (f"-p {self.port} -c listen_addresses=127.0.0.1 -k {self.dir} "
-                "-c max_connections=200 -c shared_buffers=64MB")
-        self._run(str(self.bindir / "pg_ctl"), "-D", str(self.data), "-l",
-                  str(self.dir / "log"), "-o", opts, "-w", "-t", "60", "start")
-        return self
+        log = self.dir / "log"
+        for attempt in range(attempts):
+            opts = (f"-p {self.port} -c listen_addresses=127.0.0.1 -k {self.dir} "
+                    "-c max_connections=200 -c shared_buffers=64MB"
+                    + "".join(f" -c {kv}" for kv in settings))
+            try:
+                self._run(str(self.bindir / "pg_ctl"), "-D", str(self.data), "-l", str(log),
+                          "-o", opts, "-w", "-t", "60", "start")
+                return self
+            except subprocess.CalledProcessError:
+                text = log.read_text(errors="replace") if log.exists() else ""
+                if "already in use" not in text or attempt == attempts - 1:
+                    raise RuntimeError(f"PostgreSQL did not start: {text[-2000:]}") from None
+                log.unlink()
+                self.port = free_port()  # someone took the port between pick and bind
+        raise AssertionError("unreachable")
 
     def stop(self) -> None:
         try:

@@ -165,3 +165,40 @@ async def test_failover_kill9_loses_no_event_and_counts_energy_once(
                 rows = (await api.get("/healthz")).json()
                 return "b" not in rows.get("cluster", {}).get("stations_per_instance", {})
             await until(b_forgotten, 15, "the crashed instance's presence expired")
+
+
+async def test_approving_a_pending_station_on_instance_b_via_a_makes_it_boot(
+        tmp_path: Path, pg_cluster: PgCluster) -> None:  # noqa: F811
+    """The approval arrives at A; B holds the Pending station and re-triggers its boot."""
+    import json
+
+    import websockets
+
+    async with two_instances(tmp_path, pg_cluster) as (a, b, _proxy):
+        async with a.api() as api:
+            r = await api.post("/api/v1/stations", json={"id": "PEND-1", "security_profile": 0,
+                                                         "approved": False})
+            assert r.status_code == 201, r.text
+        async with websockets.connect(f"ws://127.0.0.1:{b.ocpp_port}/ocpp/PEND-1",
+                                      subprotocols=["ocpp2.0.1"],  # type: ignore[list-item]
+                                      open_timeout=10) as ws:
+            boot = ["BootNotification", {"reason": "PowerUp", "chargingStation": {
+                "model": "raw", "vendorName": "tests"}}]
+            await ws.send(json.dumps([2, "b1", *boot]))
+            reply = json.loads(await asyncio.wait_for(ws.recv(), 10))
+            assert reply[0] == 3 and reply[2]["status"] == "Pending", reply
+            async with a.api() as api:
+                async def a_sees_b() -> bool:
+                    d = (await api.get("/api/v1/stations/PEND-1")).json()
+                    return bool(d["connection"].get("instance") == "b")
+                await until(a_sees_b, 10, "A sees PEND-1 on B")
+                r = await api.post("/api/v1/stations/PEND-1/approve")
+                assert r.status_code == 200, r.text
+            # B asks the station to boot again now (not at its retry interval, 300 s)
+            msg = json.loads(await asyncio.wait_for(ws.recv(), 10))
+            assert msg[0] == 2 and msg[2] == "TriggerMessage", msg
+            assert msg[3]["requestedMessage"] == "BootNotification"
+            await ws.send(json.dumps([3, msg[1], {"status": "Accepted"}]))
+            await ws.send(json.dumps([2, "b2", *boot]))
+            reply = json.loads(await asyncio.wait_for(ws.recv(), 10))
+            assert reply[0] == 3 and reply[2]["status"] == "Accepted", reply

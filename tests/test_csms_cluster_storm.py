@@ -39,7 +39,7 @@ async def test_storm_is_admitted_at_the_configured_rate(tmp_path: Path) -> None:
                         open_timeout=10)
                 except InvalidStatus as exc:
                     assert exc.response.status_code == 503
-                    assert exc.response.headers["Retry-After"] == "1"
+                    assert int(exc.response.headers["Retry-After"]) >= 1
                     refused.append(i)
                     await asyncio.sleep(0.2)  # stations back off; 1 s here would slow the test
                     continue

@@ -165,7 +165,9 @@ async def test_sigkill_loses_nothing_that_was_confirmed(tmp_path: Path) -> None:
     async with backend(cfg) as (_, ports), \
             station(f"ws://127.0.0.1:{ports['ocpp_port']}", "K0") as cp:
         await cp.call(BOOT, suppress=False)
-        seq = max(s for t, s in snapshot if t == "T-K0") + 1
+        # Past every seqNo K0 sent: one may be stored but unconfirmed (killed before the
+        # answer); reusing its number would make "Ended" a repeat, ignored as such.
+        seq = max(s for t, s in stored if t == "T-K0") + 1
         await cp.call(call.TransactionEvent(
             event_type="Ended", timestamp=now(), trigger_reason="StopAuthorized",
             seq_no=seq, transaction_info={"transaction_id": "T-K0"}), suppress=False)

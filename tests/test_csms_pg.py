@@ -147,6 +147,74 @@ async def test_implausible_samples_are_flagged_on_both_engines(repo: SqliteRepos
     assert tx["implausible_samples"] == 2 and tx["energy_wh"] == 0.0
 
 
+def _sampled(ts: str, *samples: dict[str, Any]) -> list[dict[str, Any]]:
+    return [{"timestamp": ts, "sampledValue": list(samples)}]
+
+
+def _e(wh: float, **kw: Any) -> dict[str, Any]:
+    return {"value": wh, "unitOfMeasure": {"unit": "Wh"}, **kw}
+
+
+def _w(w: float) -> dict[str, Any]:
+    return {"value": w, "measurand": "Power.Active.Import", "unitOfMeasure": {"unit": "W"}}
+
+
+async def _flag_sequence(repo: SqliteRepository) -> list[tuple[Any, ...]]:
+    """Events that raise every flag (and pass what must pass), some out of order."""
+    await repo.add_station(StationRecord("CS-1", 1, True, rated_power_w=100_000.0))
+    plan: list[tuple[int, list[dict[str, Any]]]] = [
+        (0, [_e(1000.0), _w(50_000.0)]),
+        (1, [_e(900.0), _w(200_000.0)]),                 # decreasing; power over rating
+        (2, [_e(1e9)]),                                  # faster than the rating allows
+        (3, [_e(-5.0)]),                                 # negative
+        (5, [_e(5000.0)]),
+        (4, [_e(6000.0)]),                               # late, above the later sample
+        (6, [_e(-1.0, phase="L1"), _e(-1.0, location="Inlet"),  # not the main register
+             {"value": 6, "unitOfMeasure": {"unit": "kWh"}},
+             {"value": 1, "unitOfMeasure": {"unit": "Wh", "multiplier": 3},
+              "context": "Sample.Clock", "format": "SignedData"}]),
+        (7, [{"value": 7.5, "unitOfMeasure": {"unit": "kWh"}}, _w(float("inf"))]),
+    ]
+    for seq, samples in plan:
+        ev = _event("T", seq, "Updated")
+        ev["meterValue"] = _sampled(ev["timestamp"], *samples)
+        assert await repo.record_transaction_event("CS-1", ev)
+    ev = _event("T", 2, "Updated")
+    ev["meterValue"] = _sampled(ev["timestamp"], _e(1.0))
+    assert not await repo.record_transaction_event("CS-1", ev)  # repeat: nothing stored
+    [tx] = await repo.list_transactions(TxFilter())
+    detail = await repo.get_transaction(tx["id"])
+    assert detail is not None
+    rows = [tuple(m.values()) for m in detail["meter_values"]]
+    return [*rows, (tx["energy_wh"], tx["implausible_samples"], tx["last_seq_no"])]
+
+
+async def test_transaction_event_has_one_behaviour_on_both_engines(
+        tmp_path: Path, pg_cluster: PgCluster) -> None:  # noqa: F811
+    """PostgreSQL runs TransactionEvents as one function (pg_functions.py), SQLite through
+    sql_tx.py: same rows, same flags, same energy, same metrics."""
+    out: dict[str, tuple[list[tuple[Any, ...]], list[tuple[str, int]]]] = {}
+    for engine in ("sqlite", "postgresql"):
+        counted: list[tuple[str, int]] = []
+        repo = open_repository(_cfg(engine, tmp_path, pg_cluster),
+                               on_flag=lambda r, n, c=counted: c.append((r, n)))
+        await repo.open()
+        try:
+            out[engine] = (await _flag_sequence(repo), sorted(counted))
+        finally:
+            await repo.close()
+    assert out["sqlite"] == out["postgresql"]
+    rows, counted = out["sqlite"]
+    assert [r[-1] for r in rows[:-1]] == [
+        None, None, "energy_decreasing", "power_over_rating", "energy_rate_over_rating",
+        "energy_negative", "energy_decreasing", None, None, None, None, None, None,
+        "power_over_rating"]
+    assert counted == [("energy_decreasing", 1), ("energy_decreasing", 1),
+                       ("energy_negative", 1), ("energy_rate_over_rating", 1),
+                       ("power_over_rating", 1), ("power_over_rating", 1)]
+    assert rows[-1] == (6500.0, 6, 7)
+
+
 async def test_v16_start_is_repeat_safe_and_stop_records_data(repo: SqliteRepository) -> None:
     await repo.add_station(StationRecord("CS-16", 1, True))
     start = {"connectorId": 1, "idTag": "TAG", "timestamp": "2026-01-01T00:00:00Z",
@@ -279,3 +347,118 @@ def test_database_url_is_checked_and_wins_over_path(tmp_path: Path) -> None:
     assert cfg.storage.database() == ("postgresql", "postgresql://csms:secret@db:5432/csms")
     assert describe(cfg) == "postgresql://csms@db:5432/csms"  # never the password
     assert CsmsConfig().storage.database() == ("sqlite", "csms.db")  # the default stays
+
+
+# --- U+0000 -------------------------------------------------------------------------------
+@pytest.mark.parametrize("engine", ["sqlite", "postgresql"])
+async def test_text_with_nul_is_refused_the_same_way_on_both_engines(
+        engine: str, tmp_path: Path, pg_cluster: PgCluster) -> None:  # noqa: F811
+    """PostgreSQL text cannot hold U+0000; SQLite could. Both refuse it with a CallError
+    naming the field (OCPP strings are printable), store nothing of the frame, and keep
+    serving the station."""
+    import json
+
+    import websockets
+    from csms_fixtures import api, make_config, provision, running_csms
+
+    cfg = make_config(tmp_path)
+    if engine == "postgresql":
+        cfg.storage.url = pg_cluster.new_database()
+    tx = _event("TX-NUL", 0, "Started", 1000.0)
+    bad_token = {**tx, "idToken": {"idToken": "AB\u0000CD", "type": "ISO14443"}}
+    bad_context = json.loads(json.dumps(tx))
+    bad_context["meterValue"][0]["sampledValue"][0]["context"] = "Sample.Periodic\u0000"
+    frames = [
+        ("BootNotification", {"reason": "PowerUp", "chargingStation": {
+            "model": "M", "vendorName": "ven\u0000dor"}}, "chargingStation.vendorName"),
+        ("TransactionEvent", bad_token, "idToken.idToken"),
+        ("TransactionEvent", bad_context, "meterValue[0].sampledValue[0].context"),
+        ("DataTransfer", {"vendorId": "v", "data": {"k\u0000": 1}}, "data"),
+    ]
+    async with running_csms(cfg) as server:
+        await provision(server, "CS-NUL", password=None, profile=0)
+        async with websockets.connect(
+                f"ws://127.0.0.1:{server.ocpp_port}/ocpp/CS-NUL",
+                subprotocols=["ocpp2.0.1"], open_timeout=10) as ws:  # type: ignore[list-item]
+            for i, (action, payload, field) in enumerate(frames):
+                await ws.send(json.dumps([2, f"m{i}", action, payload]))
+                reply = json.loads(await asyncio.wait_for(ws.recv(), 10))
+                assert reply[:3] == [4, f"m{i}", "PropertyConstraintViolation"], reply
+                assert field in reply[3] and "U+0000" in reply[3], reply
+            await ws.send(json.dumps([2, "ok", "TransactionEvent", tx]))  # still served
+            reply = json.loads(await asyncio.wait_for(ws.recv(), 10))
+            assert reply[0] == 3 and reply[1] == "ok", reply
+        station = await server.repo.get_station("CS-NUL")
+        assert station is not None and station.vendor is None
+        [stored] = await server.repo.list_transactions(TxFilter(station_id="CS-NUL"))
+        assert stored["id_token"] is None
+        detail = await server.repo.get_transaction(stored["id"])
+        assert detail is not None and len(detail["events"]) == 1
+        assert [m["context"] for m in detail["meter_values"]] == [None]
+        assert await server.repo.list_messages("CS-NUL") == []
+        async with api(server) as client:  # the REST API: 422 naming the place, never a 500
+            for method, url, body in (
+                    ("GET", "/api/v1/stations/CS%00NUL", None),
+                    ("GET", "/api/v1/transactions?id_token=A%00", None),
+                    ("POST", "/api/v1/tokens", {"id_token": "A\u0000B"}),
+                    ("POST", "/api/v1/stations/CS-NUL/trigger-message",
+                     {"requested_message": "Heartbeat\u0000"})):
+                r = await client.request(method, url, json=body)
+                assert r.status_code == 422 and "U+0000" in r.text, (url, r.text)
+            assert (await client.get("/api/v1/tokens")).json() == []
+
+
+def test_private_postgres_starts_on_another_port_when_its_port_is_taken() -> None:
+    """PostgreSQL cannot bind port 0: pg_fixtures picks a free port and retries when it was
+    taken between the pick and the bind."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        taken = s.getsockname()[1]
+        cluster = PgCluster()
+        cluster.port = taken
+        try:
+            cluster.start()
+            assert cluster.port != taken
+            with psycopg.connect(cluster.url()) as conn:
+                assert conn.execute("SELECT 1").fetchone() == (1,)
+        finally:
+            cluster.stop()
+
+
+async def test_lost_database_connections_fail_one_batch_each_then_work_again(
+        pg_cluster: PgCluster) -> None:  # noqa: F811
+    """Every storage connection killed by the server: each worker's next batch fails (the
+    station is not told "stored", it retries), the one after reconnects; nothing is
+    half-written and nothing stays queued from the failed batch."""
+    from ocpp_server.pg_storage import PostgresRepository
+
+    url = pg_cluster.new_database()
+    repo = PostgresRepository(url)
+    await repo.open()
+    try:
+        await repo.add_station(StationRecord("CS-1", 1, True))
+        assert await repo.record_transaction_event("CS-1", _event("T", 0, "Started", 1000.0))
+        db = url.rsplit("/", 1)[1]
+        with psycopg.connect(pg_cluster.url(), autocommit=True) as admin:
+            killed = admin.execute("SELECT count(pg_terminate_backend(pid)) FROM"
+                                   " pg_stat_activity WHERE datname=%s", (db,)).fetchone()
+        assert killed is not None and killed[0] >= 1
+        failures = 0
+        for seq in range(1, 4):
+            while True:  # as a station: resend until it is confirmed
+                try:
+                    assert await repo.record_transaction_event(
+                        "CS-1", _event("T", seq, "Updated", 1000.0 + 10 * seq))
+                    break
+                except Exception:
+                    failures += 1
+                    assert failures <= 8, "the workers did not reconnect"
+        [tx] = await repo.list_transactions(TxFilter())
+        assert tx["last_seq_no"] == 3 and tx["energy_wh"] == 30.0
+        detail = await repo.get_transaction(tx["id"])
+        assert detail is not None and [e["seq_no"] for e in detail["events"]] == [0, 1, 2, 3]
+    finally:
+        await repo.close()

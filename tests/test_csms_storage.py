@@ -88,3 +88,42 @@ def test_config_errors_name_the_key(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="not found"):
         load_config(tmp_path / "missing.toml")
     assert load_config(None).ocpp.auto_register is False
+
+
+def _power_event(seq: int, watts: float) -> dict[str, object]:
+    return {"eventType": "Started" if seq == 0 else "Updated", "seqNo": seq,
+            "timestamp": f"2026-01-01T00:00:{seq:02d}Z", "triggerReason": "MeterValuePeriodic",
+            "transactionInfo": {"transactionId": "TX1"}, "evse": {"id": 1, "connectorId": 1},
+            "meterValue": [{"timestamp": f"2026-01-01T00:00:{seq:02d}Z", "sampledValue": [
+                {"value": watts, "measurand": "Power.Active.Import",
+                 "unitOfMeasure": {"unit": "W"}}]}]}
+
+
+async def _power_flags(repo: SqliteRepository) -> list[object]:
+    (tx,) = await repo.list_transactions(TxFilter(station_id="A"))
+    full = await repo.get_transaction(tx["id"])
+    assert full is not None
+    return [mv["flag"] for mv in full["meter_values"]]
+
+
+async def test_cached_station_rating_follows_every_change(tmp_path: Path) -> None:
+    """The rating read per TransactionEvent is cached; a change through the repository, or
+    committed by another connection (the CLI on the same file), is seen by the next event."""
+    db = tmp_path / "x.db"
+    flagged: list[tuple[str, int]] = []
+    repo = SqliteRepository(db, rated_power_w=100_000.0,
+                            on_flag=lambda reason, n: flagged.append((reason, n)))
+    await repo.open()
+    try:
+        await repo.add_station(StationRecord("A", 1, True))
+        assert await repo.record_transaction_event("A", _power_event(0, 50_000.0))
+        assert await repo.set_station_rating("A", 10_000.0)  # through the repository
+        assert await repo.record_transaction_event("A", _power_event(1, 50_000.0))
+        other = sqlite3.connect(db, isolation_level=None)  # as `mwc csms station ...` does
+        other.execute("UPDATE stations SET rated_power_w=1000000 WHERE id='A'")
+        other.close()
+        assert await repo.record_transaction_event("A", _power_event(2, 50_000.0))
+        assert await _power_flags(repo) == [None, "power_over_rating", None]
+        assert flagged == [("power_over_rating", 1)]
+    finally:
+        await repo.close()

@@ -358,8 +358,13 @@ class Link:
         cp = self.cp
         if cp is not None and self.online:
             async def go() -> None:
-                with contextlib.suppress(Exception):
+                # a lost StatusNotification is not fatal (the next connection sends every
+                # status again), but it must show: a backend answering CallError is a fault
+                try:
                     await self.adapter.status(cp, g)
+                except Exception as exc:  # any failure: log it, keep the link
+                    self.log.warning("status_notification_failed", connector=g + 1,
+                                     error=f"{type(exc).__name__}: {exc}")
             self.tasks.spawn(go(), connection=True)
 
     # ------------------------------------------------------------------ the queue
