@@ -26,7 +26,7 @@ import asyncio
 import bisect
 import math
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import (
@@ -45,6 +45,7 @@ from controller.station import CycleEvent
 if TYPE_CHECKING:
     from controller.config import MetricsConfig
     from controller.mqtt import MqttConnection
+    from controller.ocpp.ports import OcppClientPort
     from controller.station import Station, StationEvent
 
 #: Histogram buckets as fractions of the cycle period: the bucket ``le`` = period is the
@@ -97,7 +98,7 @@ class StationCollector(Collector):
         period = station.params.cycle_s
         self.histogram = CycleHistogram(tuple(round(f * period, 6) for f in BUCKET_FRACTIONS))
         self.violations = 0  # counted here: the safety monitor's total restarts with a Reset
-        self.ocpp: Any = None  # OcppService / Ocpp16Service: .online, .queue
+        self.ocpp: OcppClientPort | None = None  # .online, .queue
         self.mqtt: MqttConnection | None = None
         self.log = logs.get_logger("controller.metrics", station=station.config.station.id)
 

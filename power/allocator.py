@@ -49,10 +49,12 @@ Policies are the caller's, expressed through weights and gun limits:
    minima are then served first and fairly), or simply give the gun a weight high enough that
    its fair share exceeds the minimum; a hard cap per gun is ``gun_max_a``.
 
-The kernel is compiled by numba (``cache=True``; the cache goes to ``NUMBA_CACHE_DIR``). Call
-:func:`warm_up` at start-up, so the compile (about 2 s cold, 0.2 s from the cache) never
-happens inside a control cycle. With ``NUMBA_DISABLE_JIT=1`` the same source runs as plain
-Python: the reference the tests compare the compiled kernel against.
+The kernel is compiled by numba (``cache=True``; the cache goes to ``NUMBA_CACHE_DIR``).
+Compile it at start-up (:func:`warm_up` compiles in-process; the station compiles in another
+process and runs the pure-Python kernel meanwhile), so the compile (8-9 s of CPU cold on a
+2-core machine, 0.2-0.5 s from the cache) never happens inside a control cycle. With
+``NUMBA_DISABLE_JIT=1`` the same source runs as plain Python: the reference the tests compare
+the compiled kernel against.
 """
 
 from __future__ import annotations
