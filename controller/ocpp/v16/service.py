@@ -5,31 +5,30 @@ a composition of the version-neutral parts and the 1.6 ones.
 :class:`~controller.ocpp.v201.service.OcppService` (both are
 :class:`~controller.ocpp.ports.OcppClientPort`): ``attach(station)``, ``await run()``,
 ``stop()``, ``await close()``, ``on_reset``, ``online``, ``queue``. Each gun is a connector
-(1, 2, ...), connector 0 the station. Nothing is inherited; the members the handlers use
-(:class:`~controller.ocpp.v16.client.Host16`) delegate to the part that owns them.
+(1, 2, ...), connector 0 the station. No behaviour is inherited; the members the handlers use
+(:class:`~controller.ocpp.v16.client.Host16`) delegate to the part that owns them, those both
+versions delegate alike once in :class:`~controller.ocpp.shell.ServiceShell`.
 """
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from datetime import datetime
 from typing import Any
-
-from websockets.asyncio.client import ClientConnection
 
 from controller import logs
 from controller.config import StationConfig
 from controller.ocpp import storage
 from controller.ocpp.auth import AuthCache
 from controller.ocpp.availability import Availability
-from controller.ocpp.bridge import LocalLimit, StationBridge, StationView
+from controller.ocpp.bridge import StationBridge, StationView
 from controller.ocpp.config import OcppConfig
 from controller.ocpp.link import Connectivity, Link
 from controller.ocpp.outbox import Outbox
-from controller.ocpp.ports import Authorizer, ChangeHook, StationPort
+from controller.ocpp.ports import Authorizer, ChangeHook
 from controller.ocpp.queue import MessageQueue
 from controller.ocpp.reset import Resets
+from controller.ocpp.shell import ServiceShell
 from controller.ocpp.smart_charging import Profiles
 from controller.ocpp.tasks import Progress, Tasks
 from controller.ocpp.v16.adapter import Adapter16
@@ -39,8 +38,10 @@ from controller.ocpp.v16.transactions import TX_ACTIONS, Transactions16, periodi
 from controller.ocpp.wire import utc_now
 
 
-class Ocpp16Service:
+class Ocpp16Service(ServiceShell):
     """The station's OCPP 1.6J side, built from its parts."""
+
+    adapter: Adapter16
 
     def __init__(self, cfg: OcppConfig, station_config: StationConfig, *,
                  wall: Callable[[], datetime] = utc_now) -> None:
@@ -96,16 +97,6 @@ class Ocpp16Service:
             self.link.kick()
 
     # ------------------------------------------------------------------ OcppClientPort
-    def attach(self, station: StationPort) -> None:
-        """Observe ``station`` and answer its authorization requests."""
-        self.bridge.attach(station)
-
-    async def run(self) -> None:
-        await self.link.run()
-
-    def stop(self) -> None:
-        self.link.stop()
-
     async def close(self) -> None:
         """Stop, end the transactions still open (Reboot, queued), close the database."""
         self.link.stop()
@@ -116,21 +107,6 @@ class Ocpp16Service:
         await self.link.close()
         self.db.close()
 
-    @property
-    def online(self) -> bool:
-        return self.link.online
-
-    @property
-    def on_reset(self) -> Callable[[], None] | None:
-        return self.resets.on_reset
-
-    @on_reset.setter
-    def on_reset(self, hook: Callable[[], None] | None) -> None:
-        self.resets.on_reset = hook
-
-    def link_password(self) -> str | None:
-        return self.adapter.password()
-
     def on_setting_change(self, hook: ChangeHook, *, first: bool = False) -> None:
         """``hook(key name, value)`` after every configuration key write."""
         def call(key: Key, value: str) -> None:
@@ -138,33 +114,8 @@ class Ocpp16Service:
         self.keys.on_change.insert(0 if first else len(self.keys.on_change), call)
 
     # ------------------------------------------------------------------ Host16 (handlers)
-    @property
-    def attached(self) -> StationPort:
-        return self.view.attached
-
-    @property
-    def boot_status(self) -> str | None:
-        return self.link.boot_status
-
-    @property
-    def availability(self) -> dict[int, bool]:
-        """Operative by connector id (0: the station); missing: operative."""
-        return self.avail.states
-
-    def spawn(self, coro: Awaitable[object], *, connection: bool = False) -> asyncio.Task[object]:
-        return self.tasks.spawn(coro, connection=connection)
-
-    def security_event(self, kind: str, info: str = "") -> None:
-        self.outbox.security_event(kind, info)
-
-    def apply_limits(self) -> None:
-        self.view.apply_limits()
-
     def nameplate_w(self, evse: int) -> float:
         return self.view.nameplate_w(evse)
-
-    def local_limits(self, evse: int, horizon_s: float = 86_400.0) -> tuple[LocalLimit, ...]:
-        return self.view.local_limits(evse, horizon_s)
 
     def change_availability(self, evse: int, operative: bool) -> str:
         """ChangeAvailability; connector 0's own status is reported too."""
@@ -182,16 +133,3 @@ class Ocpp16Service:
 
     async def triggered(self, what: str, connector: int | None) -> None:
         await self.reporter.triggered(what, connector)
-
-    # ------------------------------------------------------------------ for the tests' eyes
-    @property
-    def _tasks(self) -> set[asyncio.Task[object]]:
-        return self.tasks.tasks
-
-    @property
-    def _conn_tasks(self) -> set[asyncio.Task[object]]:
-        return self.tasks.conn_tasks
-
-    @property
-    def _ws(self) -> ClientConnection | None:
-        return self.link.ws

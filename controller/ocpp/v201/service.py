@@ -5,33 +5,32 @@ and installs the authorizer; ``await run()`` keeps the connection (with the Part
 until ``stop()``. The control cycle never waits on it: observers only update state and put
 messages into the SQLite queue; a sender task drains the queue while online.
 
-Nothing here is inherited: the service builds its parts, each with its collaborators, and
+No behaviour is inherited: the service builds its parts, each with its collaborators, and
 wires the few listeners (a written HeartbeatInterval restarts the heartbeat wait, an
 applied availability reports the gun's status). The members the handlers use
-(:class:`~controller.ocpp.v201.client.Host201`) delegate to the part that owns them.
+(:class:`~controller.ocpp.v201.client.Host201`) delegate to the part that owns them; those both
+versions delegate alike are declared once in :class:`~controller.ocpp.shell.ServiceShell`.
 """
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from datetime import datetime
 from typing import Any
-
-from websockets.asyncio.client import ClientConnection
 
 from controller import logs
 from controller.config import StationConfig
 from controller.ocpp import storage
 from controller.ocpp.auth import AuthCache
 from controller.ocpp.availability import Availability
-from controller.ocpp.bridge import LocalLimit, StationBridge, StationView
+from controller.ocpp.bridge import StationBridge, StationView
 from controller.ocpp.config import OcppConfig
 from controller.ocpp.link import Connectivity, Link
 from controller.ocpp.outbox import Outbox
-from controller.ocpp.ports import Authorizer, ChangeHook, StationPort
+from controller.ocpp.ports import Authorizer, ChangeHook
 from controller.ocpp.queue import MessageQueue
 from controller.ocpp.reset import Resets
+from controller.ocpp.shell import ServiceShell
 from controller.ocpp.smart_charging import Profiles
 from controller.ocpp.tasks import Progress, Tasks
 from controller.ocpp.v201.adapter import Adapter201, BackendClock
@@ -41,8 +40,10 @@ from controller.ocpp.v201.transactions import Transactions
 from controller.ocpp.wire import iso, utc_now
 
 
-class OcppService:
+class OcppService(ServiceShell):
     """The station's OCPP 2.0.1 side, built from its parts."""
+
+    adapter: Adapter201
 
     def __init__(self, cfg: OcppConfig, station_config: StationConfig, *,
                  wall: Callable[[], datetime] = utc_now) -> None:
@@ -95,16 +96,6 @@ class OcppService:
             self.link.kick()
 
     # ------------------------------------------------------------------ OcppClientPort
-    def attach(self, station: StationPort) -> None:
-        """Observe ``station`` and answer its authorization requests."""
-        self.bridge.attach(station)
-
-    async def run(self) -> None:
-        await self.link.run()
-
-    def stop(self) -> None:
-        self.link.stop()
-
     async def close(self) -> None:
         """Stop, end the transactions still open (Reboot, queued) and close the database."""
         self.link.stop()
@@ -116,21 +107,6 @@ class OcppService:
         await self.link.close()
         self.db.close()
 
-    @property
-    def online(self) -> bool:
-        return self.link.online
-
-    @property
-    def on_reset(self) -> Callable[[], None] | None:
-        return self.resets.on_reset
-
-    @on_reset.setter
-    def on_reset(self, hook: Callable[[], None] | None) -> None:
-        self.resets.on_reset = hook
-
-    def link_password(self) -> str | None:
-        return self.adapter.password()
-
     def on_setting_change(self, hook: ChangeHook, *, first: bool = False) -> None:
         """``hook(variable name, value)`` after every device-model write."""
         def call(var: Var, value: str) -> None:
@@ -138,14 +114,6 @@ class OcppService:
         self.dm.on_change.insert(0 if first else len(self.dm.on_change), call)
 
     # ------------------------------------------------------------------ Host201 (handlers)
-    @property
-    def attached(self) -> StationPort:
-        return self.view.attached
-
-    @property
-    def boot_status(self) -> str | None:
-        return self.link.boot_status
-
     @property
     def boot_reason(self) -> str:
         return self.adapter.boot_reason
@@ -158,29 +126,12 @@ class OcppService:
     def reset_pending(self, pending: bool) -> None:
         self.resets.pending = pending
 
-    @property
-    def availability(self) -> dict[int, bool]:
-        """Operative by EVSE id (0: the station); missing: operative."""
-        return self.avail.states
-
     def wall(self) -> datetime:
         """The time base of every OCPP timestamp: the local clock plus the adopted offset."""
         return self.clock()
 
     def sync_clock(self, current_time: str) -> None:
         self.adapter.sync_clock(current_time)
-
-    def spawn(self, coro: Awaitable[object], *, connection: bool = False) -> asyncio.Task[object]:
-        return self.tasks.spawn(coro, connection=connection)
-
-    def security_event(self, kind: str, info: str = "") -> None:
-        self.outbox.security_event(kind, info)
-
-    def apply_limits(self) -> None:
-        self.view.apply_limits()
-
-    def local_limits(self, evse: int, horizon_s: float = 86_400.0) -> tuple[LocalLimit, ...]:
-        return self.view.local_limits(evse, horizon_s)
 
     def change_availability(self, evse: int, operative: bool) -> str:
         return self.avail.change(evse, operative)
@@ -205,16 +156,3 @@ class OcppService:
     async def report_profiles(self, request_id: int, crit: dict[str, Any],
                               evse: int | None) -> None:
         await self.reporter.report_profiles(request_id, crit, evse)
-
-    # ------------------------------------------------------------------ for the tests' eyes
-    @property
-    def _tasks(self) -> set[asyncio.Task[object]]:
-        return self.tasks.tasks
-
-    @property
-    def _conn_tasks(self) -> set[asyncio.Task[object]]:
-        return self.tasks.conn_tasks
-
-    @property
-    def _ws(self) -> ClientConnection | None:
-        return self.link.ws
