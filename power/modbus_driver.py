@@ -25,6 +25,7 @@ from power.modbus_base import (
     BadReplyError,
     Clock,
     DeviceEndpoint,
+    DeviceHealth,
     DeviceTimeoutError,
     DeviceUnavailableError,
     HardwareError,
@@ -189,10 +190,24 @@ class Hardware:
         # Each driver keeps to its own poll budget; this is only the safety net above it.
         return self.config.link.poll_budget_s + 0.02
 
-    def _outcome(self, what: str, task: asyncio.Task[_S], fallback: _S, deadline_s: float) -> _S:
-        """The task's state, or the fallback marked unavailable with why it has none."""
+    def _outcome(self, what: str, task: asyncio.Task[_S], fallback: _S, deadline_s: float,
+                 driver: object) -> _S:
+        """The task's state, or the fallback (the last state) with why this poll has none.
+
+        A poll cut at the deadline is a missed answer, booked in the driver's
+        :class:`DeviceHealth` like its own timeout: within ``max_missed`` the last values stay,
+        marked ``stale:`` (the allocator and the safety monitor do not act on them), so one
+        slow poll of a loaded host does not take every device away for a cycle (measured: all
+        11 devices of a station cut at once, the guns' current dropped to ~0 A and ramped
+        back). A driver error is a bug and makes the device unavailable at once."""
         if task.cancelled():
             reason = f"{what}: poll exceeded {deadline_s * 1000:.0f} ms"
+            health = getattr(driver, "health", None)
+            if isinstance(health, DeviceHealth) and getattr(fallback, "available", False):
+                health.miss(reason)
+                if health.available:
+                    return replace(fallback, read_at=self.clock(), reason=f"stale: {reason}")
+                reason = health.reason or reason
         elif (exc := task.exception()) is not None:
             reason = f"{what}: driver error: {exc!r}"  # a bug, but the cycle must go on
         else:
@@ -204,7 +219,8 @@ class Hardware:
 
         Each device keeps to ``LinkSettings.poll_budget_s`` itself; ``deadline_s`` (default:
         the budget + 20 ms) is the safety net above it, for injected drivers that do not.
-        A device that overruns is cancelled and reported unavailable in this snapshot.
+        A device that overruns is cancelled; its answer counts as missed (stale last values
+        within ``max_missed``, unavailable beyond).
         """
         deadline = self._deadline_s() if deadline_s is None else deadline_s
         started = self.clock()
@@ -219,13 +235,13 @@ class Hardware:
         if pending:
             await asyncio.gather(*pending, return_exceptions=True)
         mods = tuple(
-            self._outcome(f"module {m.index}", t, _fallback_module(m, started), deadline)
+            self._outcome(f"module {m.index}", t, _fallback_module(m, started), deadline, m)
             for m, t in zip(self.modules, mod_tasks, strict=True)
         )
         matrix_state = self._outcome("matrix", mx_task, _fallback_matrix(self.matrix, started),
-                                     deadline)
+                                     deadline, self.matrix)
         mets = tuple(
-            self._outcome(f"meter {m.gun}", t, _fallback_meter(m, started), deadline)
+            self._outcome(f"meter {m.gun}", t, _fallback_meter(m, started), deadline, m)
             for m, t in zip(self.meters, met_tasks, strict=True)
         )
         snap = HardwareSnapshot(mods, matrix_state, mets, started, self.clock())

@@ -8,7 +8,8 @@ Trucks are ``sim.truck.TruckSim``: the gun's electrical load and its vehicle lin
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+import math
+from collections.abc import AsyncIterator, Callable, Collection
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -62,6 +63,9 @@ class Rig:
     dt: float = 0.1
     records: list[CycleRecord] = field(default_factory=list)
     events: list[StationEvent] = field(default_factory=list)
+    #: The simulator's own gun currents after each step: what flowed, whether or not the
+    #: station's poll of the meters kept its real-time deadline that cycle.
+    flowed: list[tuple[float, ...]] = field(default_factory=list)
 
     @property
     def physics(self) -> StationPhysics:
@@ -75,8 +79,34 @@ class Rig:
             self.records.append(rec)
             self.clock.t += self.dt
             self.sim.advance(self.dt)
+            self.flowed.append(tuple(self.physics.gun_current_a))
         assert rec is not None
         return rec
+
+    @staticmethod
+    def polled(rec: CycleRecord, silent: Collection[int] = ()) -> bool:
+        """False when the station's real-time poll deadline cut a device off this cycle.
+
+        The station runs on simulated time but polls in real time: on a loaded machine a
+        poll can overrun its deadline, and every device it cut is unavailable in that
+        cycle by design (meters read NaN, modules count as unavailable). Such a cycle is no
+        evidence either way; a test may skip it but must still see enough polled cycles.
+        ``silent``: modules the test made stop answering (their polls overrun on purpose).
+        """
+        return (all(math.isfinite(g.current_a) for g in rec.guns)
+                and not any("poll exceeded" in (m.reason or "")
+                            for m in rec.modules if m.module not in silent))
+
+    async def polled_steps(self, n: int, max_cycles: int = 40,
+                           silent: Collection[int] = ()) -> CycleRecord:
+        """Step until ``n`` cycles whose poll was complete have run; returns the last."""
+        done = 0
+        for _ in range(max_cycles):
+            rec = await self.step()
+            done += self.polled(rec, silent)
+            if done >= n:
+                return rec
+        raise AssertionError(f"only {done} of {n} cycles polled in time in {max_cycles}")
 
     async def until(self, pred: Callable[[CycleRecord], bool], max_cycles: int = 300
                     ) -> CycleRecord:

@@ -10,7 +10,13 @@ import pytest
 from helpers import closed_port, eventually
 from modbus_fixtures import TEST_LINK, polls_until, station
 
-from power.modbus_base import DeviceEndpoint, DeviceUnavailableError, LinkSettings, ModbusLink
+from power.modbus_base import (
+    DeviceEndpoint,
+    DeviceHealth,
+    DeviceUnavailableError,
+    LinkSettings,
+    ModbusLink,
+)
 from power.modbus_driver import Hardware
 from power.modbus_map import ModuleFault
 from power.modules import ModbusModule, ModuleState
@@ -211,6 +217,46 @@ async def test_a_wedged_driver_does_not_block_the_poll() -> None:
             assert not snap.modules[0].available
             assert "poll exceeded 50 ms" in (snap.modules[0].reason or "")
             assert snap.matrix.available and snap.meters[0].available
+        finally:
+            await hw.close()
+
+
+class _SometimesSlowModule(_HangingModule):
+    """Answers at once, or (``slow``) only after the station's poll deadline has passed;
+    books its health the way the Modbus drivers do."""
+
+    def __init__(self) -> None:
+        self.health = DeviceHealth(max_missed=2)
+        self.slow = False
+        self.last = ModuleState(0, False, "not polled yet", 0.0)
+
+    async def poll(self) -> ModuleState:
+        if self.slow:
+            await asyncio.sleep(3600)  # cut by the deadline: the test's subject
+        self.health.ok()
+        self.last = ModuleState(0, True, None, 1.0, voltage_v=800.0, current_a=120.0)
+        return self.last
+
+
+async def test_a_poll_cut_at_the_deadline_is_a_missed_answer_not_an_outage() -> None:
+    """One poll cut by the station's deadline (a loaded host) keeps the last values, marked
+    stale, as the driver's own timeout does; only ``max_missed`` cuts in a row make the
+    device unavailable. Before, every cut device went unavailable at once and a gun's whole
+    output dropped for a cycle."""
+    async with station(1, 1) as st:
+        mod = _SometimesSlowModule()
+        hw = Hardware(st.hw.config, modules=[mod])
+        try:
+            assert (await hw.poll_all(deadline_s=0.05)).modules[0].fresh
+            mod.slow = True
+            cut = (await hw.poll_all(deadline_s=0.05)).modules[0]
+            assert cut.available and cut.stale and not cut.fresh
+            assert "poll exceeded 50 ms" in (cut.reason or "")
+            assert (cut.voltage_v, cut.current_a) == (800.0, 120.0)
+            again = (await hw.poll_all(deadline_s=0.05)).modules[0]
+            assert not again.available and "2 missed polls" in (again.reason or "")
+            mod.slow = False
+            assert (await hw.poll_all(deadline_s=0.05)).modules[0].fresh
         finally:
             await hw.close()
 
